@@ -1,0 +1,233 @@
+"""Wire decoding: from the server's JSON to models, tolerant of the known variants.
+
+The one private cattrs converter lives here; the models know nothing of the wire.
+:class:`Endpoint` is the documented hook for a server whose path or response shape differ.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+import cattrs
+import orjson
+from cattrs.preconf.orjson import make_converter
+
+from ._errors import InvalidResponseError
+from ._models import AsyncOperation, OperationError, OperationState
+
+__all__ = ["DEFAULT_PATH", "Endpoint", "decode_operations", "parse_body"]
+
+DEFAULT_PATH = "/programs/v2/spaces/{space_id}/asyncOperations"
+
+_WRAPPERS = ("asyncOperations", "items", "value", "data")
+_STATE_KEYS = ("state", "status")
+_PERCENT_KEYS = ("percentComplete", "progress", "percentage")
+
+
+class _SkipEntry(Exception):
+    """An entry of the list is not an operation we can read (not an object, no ID)."""
+
+
+def _structure_state(value: Any, _: type) -> OperationState:
+    return OperationState(value) if isinstance(value, str) else OperationState.UNKNOWN
+
+
+def _structure_percent(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip().rstrip("%"))
+        except ValueError:
+            return None
+    if not isinstance(value, int | float):
+        return None
+    number = float(value)
+    if math.isnan(number):
+        return None
+    # Clamped: a progress figure outside 0..100 is the server's rounding, not news.
+    return min(100.0, max(0.0, number))
+
+
+def _message_of(item: Any) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, Mapping):
+        message = item.get("message")
+        return message if isinstance(message, str) else ""
+    return ""
+
+
+def _structure_error_object(value: Any, _: type) -> OperationError:
+    if isinstance(value, str):
+        return OperationError(message=value)
+    if not isinstance(value, Mapping):
+        return OperationError(message=str(value))
+    code = value.get("code")
+    details = value.get("details")
+    if isinstance(details, list):
+        details_tuple: tuple[Any, ...] = tuple(details)
+    elif details is None:
+        details_tuple = ()
+    else:
+        details_tuple = (details,)
+    return OperationError(
+        message=_message_of(value),
+        code=code if isinstance(code, str) else (None if code is None else str(code)),
+        details=details_tuple,
+    )
+
+
+def _error_of(entry: Mapping[str, Any]) -> OperationError | None:
+    error = entry.get("error")
+    if error is not None:
+        return _converter.structure(error, OperationError)
+    message = entry.get("errorMessage")
+    if isinstance(message, str):
+        return OperationError(message=message)
+    errors = entry.get("errors")
+    if isinstance(errors, list) and errors:
+        first = errors[0]
+        code = first.get("code") if isinstance(first, Mapping) else None
+        return OperationError(
+            message="; ".join(m for m in map(_message_of, errors) if m),
+            code=code if isinstance(code, str) else None,
+            details=tuple(errors),
+        )
+    return None
+
+
+def _first(entry: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if key in entry:
+            return entry[key]
+    return None
+
+
+def _structure_operation(entry: Any, _: type) -> AsyncOperation:
+    if not isinstance(entry, dict):
+        raise _SkipEntry
+    op_id = entry.get("id")
+    if isinstance(op_id, int) and not isinstance(op_id, bool):
+        op_id = str(op_id)
+    if not isinstance(op_id, str) or not op_id:
+        raise _SkipEntry
+    result = entry.get("result")
+    if not isinstance(result, dict):
+        result = None
+    created: tuple[str, ...] = ()
+    if result is not None:
+        ids = result.get("createdResourceIds")
+        if isinstance(ids, list):
+            created = tuple(str(i) for i in ids if isinstance(i, str | int))
+    return AsyncOperation(
+        id=op_id,
+        state=_converter.structure(_first(entry, _STATE_KEYS), OperationState),
+        percent_complete=_structure_percent(_first(entry, _PERCENT_KEYS)),
+        result=result,
+        created_resource_ids=created,
+        error=_error_of(entry),
+        raw=entry,
+    )
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = make_converter(forbid_extra_keys=False)
+    converter.register_structure_hook(OperationState, _structure_state)
+    converter.register_structure_hook(OperationError, _structure_error_object)
+    converter.register_structure_hook(AsyncOperation, _structure_operation)
+    return converter
+
+
+_converter = _make_converter()
+
+
+def parse_body(body: bytes) -> Any:
+    """Parse a response body as JSON; raise :class:`InvalidResponseError` if it is not.
+
+    orjson refuses documents nested deeper than 1024 levels, which keeps a hostile body
+    from exhausting the stack.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidResponseError(f"response body is not valid JSON: {exc}") from exc
+
+
+def _entries_of(document: Any) -> list[Any]:
+    if isinstance(document, list):
+        return document
+    if isinstance(document, dict):
+        for key in _WRAPPERS:
+            inner = document.get(key)
+            if isinstance(inner, list):
+                return inner
+        if "id" in document:
+            return [document]
+    raise InvalidResponseError(
+        f"expected a JSON array of operations (or one wrapped under {', '.join(_WRAPPERS)}), "
+        f"got {type(document).__name__}"
+    )
+
+
+def decode_operations(
+    document: Any, previous: Mapping[str, AsyncOperation] | None = None
+) -> list[AsyncOperation]:
+    """Read a parsed response document into operations, in the order received.
+
+    Accepts the default shape and every variant of the endpoint contract: a list, or a
+    list wrapped under ``asyncOperations``, ``items``, ``value`` or ``data``; ``state`` or
+    ``status``; ``percentComplete``, ``progress`` or ``percentage`` (number or numeric
+    string); the error as an object, a string, ``errorMessage`` or ``errors``. Entries that
+    are not objects with a string ID are skipped.
+
+    ``previous`` maps IDs to the operations last decoded for them: an entry equal to the
+    ``raw`` of its previous operation is not structured again, the previous object is
+    returned (this keeps steady-state polling close to the cost of parsing).
+
+    Raises :class:`InvalidResponseError` when the document is not one of these shapes.
+    """
+    operations: list[AsyncOperation] = []
+    append = operations.append
+    for entry in _entries_of(document):
+        if previous is not None and isinstance(entry, dict):
+            known = previous.get(entry.get("id"))  # type: ignore[arg-type]
+            if known is not None and known.raw == entry:
+                append(known)
+                continue
+        try:
+            append(_converter.structure(entry, AsyncOperation))
+        except _SkipEntry:
+            continue
+        except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+            raise InvalidResponseError(f"cannot read an operation entry: {exc!r}") from exc
+    return operations
+
+
+Decoder = Callable[[Any, "Mapping[str, AsyncOperation] | None"], Iterable[AsyncOperation]]
+
+
+@attrs.frozen
+class Endpoint:
+    """Where the status endpoint lives and how its answers read: the hook for servers
+    that differ from the documented contract, without forking asyncpoll.
+
+    ``path`` is appended to the Session's ``base_url``; ``{space_id}`` is replaced by the
+    percent-encoded space ID. ``ids_param`` is the query parameter repeated once per ID.
+    ``decode`` receives the parsed JSON document and a mapping of previously decoded
+    operations by ID (may be ``None``) and returns operations; it may raise
+    :class:`InvalidResponseError`. The default, :func:`decode_operations`, reads every
+    shape of the contract; a custom decoder usually reshapes the document and calls it::
+
+        def decode(document, previous):
+            return asyncpoll.decode_operations(document["payload"]["jobs"], previous)
+
+        Session(..., endpoint=asyncpoll.Endpoint(path="/v3/{space_id}/jobs", decode=decode))
+    """
+
+    path: str = DEFAULT_PATH
+    ids_param: str = "asyncOperationIds"
+    decode: Decoder = decode_operations

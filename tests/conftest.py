@@ -1,0 +1,22 @@
+"""Shared fixtures: every async test runs on asyncio and on trio, against the simulator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from asyncpoll.testing import SimulatedServer
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Run each ``@pytest.mark.anyio`` test once per backend."""
+    return str(request.param)
+
+
+@pytest.fixture
+def server() -> Iterator[SimulatedServer]:
+    """A fresh simulator on loopback, with the default token ``test-token`` for ``alice``."""
+    with SimulatedServer(seed=1234) as simulated:
+        yield simulated
