@@ -390,7 +390,8 @@ class Poller:
 
             async with poller.watch(ids) as events:
                 async for event in events:
-                    print(event.operation_id, event.operation.percent_complete)
+                    if event.operation is not None:
+                        print(event.operation_id, event.operation.percent_complete)
 
         One event at first sight of each operation, one on each change of state or
         progress, and exactly one terminal event per operation (``not_found`` is set on

@@ -232,18 +232,23 @@ class Session:
         :class:`AsyncpollError` subclasses of the module's error tree (after retries for
         transient ones). A single ID the server refuses with 400 raises :class:`APIError`.
         """
+        if self._limiter is None or self._transport is None:
+            # Checked here, not only in query_batch: raised inside the task group below it
+            # would reach the caller wrapped in an ExceptionGroup.
+            raise RuntimeError("use the Session as 'async with Session(...) as session:'")
         space = self._space(space_id)
         unique = validate_operation_ids(ids)
         if not unique:
             return []
         chunks = self.plan_batches(unique, space_id=space)
         results: list[BatchResult | None] = [None] * len(chunks)
-        failure: list[AsyncpollError] = []
+        failure: list[Exception] = []
 
         async def run(index: int, chunk: list[str]) -> None:
+            # The first error ends the call as itself, not wrapped in an ExceptionGroup.
             try:
                 results[index] = await self.query_batch(space, chunk)
-            except AsyncpollError as exc:
+            except Exception as exc:
                 failure.append(exc)
                 tg.cancel_scope.cancel()
 

@@ -83,7 +83,7 @@ def _structure_error_object(value: Any, _: type) -> OperationError:
 
 def _error_of(entry: Mapping[str, Any]) -> OperationError | None:
     error = entry.get("error")
-    if error is not None:
+    if error:  # "", {}, [], false and null all mean "no error"
         return _converter.structure(error, OperationError)
     message = entry.get("errorMessage")
     if isinstance(message, str):
@@ -194,7 +194,9 @@ def decode_operations(
     append = operations.append
     for entry in _entries_of(document):
         if previous is not None and isinstance(entry, dict):
-            known = previous.get(entry.get("id"))  # type: ignore[arg-type]
+            op_id = entry.get("id")
+            # Only a string ID can be looked up: a list or object would be unhashable.
+            known = previous.get(op_id) if isinstance(op_id, str) else None
             if known is not None and known.raw == entry:
                 append(known)
                 continue

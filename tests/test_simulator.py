@@ -640,28 +640,13 @@ def test_log_limit() -> None:
 
 def test_command_line(tmp_path: Any) -> None:
     ids_file = tmp_path / "ids.txt"
+    command = [sys.executable, "-m", "asyncpoll.testing", "--port", "0", "--ops", "3"]
+    command += ["--seed", "1", "--token", "cli-token", "--ids-file", str(ids_file)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "asyncpoll.testing",
-            "--port",
-            "0",
-            "--ops",
-            "3",
-            "--seed",
-            "1",
-            "--token",
-            "cli-token",
-            "--ids-file",
-            str(ids_file),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    ) as process:
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
         assert process.stdout is not None
         url_line = process.stdout.readline().strip()
         token_line = process.stdout.readline().strip()
@@ -675,5 +660,10 @@ def test_command_line(tmp_path: Any) -> None:
         assert len(entries(response)) == 3
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=10)
+    finally:
+        # Never leave the child behind, even when an assertion above failed.
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
     assert process.returncode == 0
     assert "Traceback" not in stderr

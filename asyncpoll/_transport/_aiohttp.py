@@ -25,8 +25,11 @@ class AiohttpTransport:
     def __init__(self, *, max_connections: int = 16) -> None:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     def _client(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("the transport is closed")
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_connections),
@@ -69,6 +72,7 @@ class AiohttpTransport:
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
+        self._closed = True
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()

@@ -2,7 +2,9 @@
 
 The first line on stdout is ``url=<base URL>``, the second ``token=<token>`` (flushed at
 once, for scripts that start the simulator as a subprocess); with ``--ops N`` the N
-created operation IDs follow, one per line, unless ``--ids-file`` receives them.
+created operation IDs follow, one per line, unless ``--ids-file`` receives them (the file
+is complete before the ``url=`` line is printed). SIGINT (Ctrl-C) and SIGTERM stop it
+cleanly with status 0.
 """
 
 from __future__ import annotations
@@ -65,19 +67,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 0
     try:
         ids = server.add_operations(
             args.ops, user=args.user, window=args.window, fail_rate=args.fail_rate
         )
-        out = sys.stdout
-        out.write(f"url={server.url}\ntoken={args.token}\n")
-        out.flush()
+        # The IDs file is complete before the url= line: a reader may use it at once.
         if args.ids_file is not None:
             with open(args.ids_file, "w", encoding="utf-8") as file:
                 file.writelines(f"{op_id}\n" for op_id in ids)
-        elif ids:
+        out = sys.stdout
+        out.write(f"url={server.url}\ntoken={args.token}\n")
+        if args.ids_file is None:
             out.writelines(f"{op_id}\n" for op_id in ids)
-            out.flush()
+        out.flush()
         # Waiting in slices keeps the main thread responsive to Ctrl-C.
         while not stopping.wait(0.5):
             pass
