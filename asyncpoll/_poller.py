@@ -7,6 +7,7 @@ import itertools
 import logging
 import math
 import random
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -36,6 +37,10 @@ __all__ = ["PollInterval", "Poller", "PollerStatistics", "ProgressEvent"]
 logger = logging.getLogger("asyncpoll")
 
 _Key = tuple[str, str]  # (space_id, operation_id)
+
+# Due times and deadlines are bookkeeping, compared only with each other and turned into
+# relative sleeps: the plain monotonic clock spares a backend lookup on every call.
+_now = time.monotonic
 
 _RANK: Final = {
     OperationState.NOT_STARTED: 0,
@@ -128,7 +133,8 @@ class _Entry:
     def __init__(self, space: str, op_id: str, interval: float) -> None:
         self.space = space
         self.id = op_id
-        self.subscribers: set[_Subscription] = set()
+        # A list: most IDs have one caller, and a one-item set costs three times the memory.
+        self.subscribers: list[_Subscription] = []
         self.operation: AsyncOperation | None = None
         self.interval = interval
         self.due = 0.0
@@ -336,9 +342,17 @@ class Poller:
         Bad IDs raise :class:`ValueError` at once.
         """
         keys = self._keys([op_id], space_id)
+        if timeout is None:  # the common case: spare the cancel scope
+            return await self._wait_one(keys)
         with anyio.fail_after(timeout):
-            async with self._subscribed(keys, events=False) as subscription:
-                key, operation, _, _ = await subscription.next()
+            return await self._wait_one(keys)
+
+    async def _wait_one(self, keys: list[_Key]) -> AsyncOperation:
+        subscription = self._open(keys, events=False)
+        try:
+            key, operation, _, _ = await subscription.next()
+        finally:
+            self._unsubscribe(subscription)
         return _succeeded(key, operation)
 
     async def wait_all(
@@ -378,7 +392,7 @@ class Poller:
         Leaving the block stops polling for this caller.
         """
         keys = list(dict.fromkeys(self._keys(ids, space_id)))
-        deadline = None if timeout is None else anyio.current_time() + timeout
+        deadline = None if timeout is None else _now() + timeout
         async with self._subscribed(keys, events=False) as subscription:
             yield _Completed(subscription, deadline)
 
@@ -402,7 +416,7 @@ class Poller:
         Session's errors.
         """
         keys = list(dict.fromkeys(self._keys(ids, space_id)))
-        deadline = None if timeout is None else anyio.current_time() + timeout
+        deadline = None if timeout is None else _now() + timeout
         async with self._subscribed(keys, events=True) as subscription:
             yield _Events(subscription, deadline)
 
@@ -422,18 +436,23 @@ class Poller:
 
     @asynccontextmanager
     async def _subscribed(self, keys: list[_Key], *, events: bool) -> AsyncIterator[_Subscription]:
-        if self._task_group is None or self._closed:
-            raise RuntimeError("use the Poller as 'async with Poller(session) as poller:'")
-        subscription = _Subscription(keys, events=events)
-        self._subscribe(subscription)
+        subscription = self._open(keys, events=events)
         try:
             yield subscription
         finally:
             self._unsubscribe(subscription)
 
+    def _open(self, keys: list[_Key], *, events: bool) -> _Subscription:
+        """Register a new subscription to ``keys``; the caller must unsubscribe it."""
+        if self._task_group is None or self._closed:
+            raise RuntimeError("use the Poller as 'async with Poller(session) as poller:'")
+        subscription = _Subscription(keys, events=events)
+        self._subscribe(subscription)
+        return subscription
+
     def _subscribe(self, subscription: _Subscription) -> None:
         self._subscriptions.add(subscription)
-        now = anyio.current_time()
+        now = _now()
         self._forget_expired(now)
         fresh = False
         for key in subscription.keys:
@@ -449,7 +468,7 @@ class Poller:
                 fresh = True
             elif entry.operation is not None:
                 subscription.deliver(key, entry.operation, False)
-            entry.subscribers.add(subscription)
+            entry.subscribers.append(subscription)
         if fresh:
             self._fresh += 1
             self._wake()
@@ -458,8 +477,8 @@ class Poller:
         self._subscriptions.discard(subscription)
         for key in subscription.keys:
             entry = self._entries.get(key)
-            if entry is not None:
-                entry.subscribers.discard(subscription)
+            if entry is not None and subscription in entry.subscribers:
+                entry.subscribers.remove(subscription)
                 if not entry.subscribers:
                     self._drop(entry)
 
@@ -473,7 +492,7 @@ class Poller:
         self._drop(entry)
         if operation is not None and self.terminal_memory > 0:
             key = (entry.space, entry.id)
-            expires = anyio.current_time() + self.terminal_memory
+            expires = _now() + self.terminal_memory
             self._memory[key] = (operation, expires)
             self._memory_order.append((expires, key))
         for subscription in list(entry.subscribers):
@@ -582,7 +601,7 @@ class Poller:
         while True:
             if self._fresh:
                 await self._coalesce()
-            now = anyio.current_time()
+            now = _now()
             self._forget_expired(now)
             for space in list(self._heaps):
                 for batch in self._take_batches(space, now):
@@ -590,7 +609,7 @@ class Poller:
                         entry.in_flight = True
                     self._in_flight += 1
                     task_group.start_soon(self._poll, space, batch)
-            delay = self._next_due() - anyio.current_time()
+            delay = self._next_due() - _now()
             if delay > 0 and not self._fresh:
                 self._wakeup = anyio.Event()
                 with anyio.move_on_after(delay):
@@ -600,11 +619,11 @@ class Poller:
 
     async def _coalesce(self) -> None:
         """Let callers that start together land in one round (a short debounce)."""
-        deadline = anyio.current_time() + 10 * self.coalesce_window
+        deadline = _now() + 10 * self.coalesce_window
         while True:
             seen = self._fresh
             await anyio.sleep(self.coalesce_window)
-            if self._fresh == seen or anyio.current_time() >= deadline:
+            if self._fresh == seen or _now() >= deadline:
                 break
         self._fresh = 0
 
@@ -631,7 +650,7 @@ class Poller:
             self._wake()
 
     def _on_result(self, batch: list[_Entry], result: BatchResult) -> None:
-        now = anyio.current_time()
+        now = _now()
         seen = {operation.id: operation for operation in result.operations}
         for entry in batch:
             entry.in_flight = False
@@ -677,7 +696,7 @@ class Poller:
         self._reschedule(entry, now, changed, floor)
 
     def _on_error(self, space: str, batch: list[_Entry], error: AsyncpollError) -> None:
-        now = anyio.current_time()
+        now = _now()
         if _is_transient(error):
             # Callers keep waiting until their own deadline: poll again later.
             logger.warning("status query for %d IDs failed, will retry: %s", len(batch), error)
@@ -723,7 +742,7 @@ class _Iterator:
             raise StopAsyncIteration
         if self._deadline is None:
             return await self._subscription.next()
-        with anyio.fail_after(max(0.0, self._deadline - anyio.current_time())):
+        with anyio.fail_after(max(0.0, self._deadline - _now())):
             return await self._subscription.next()
 
 
