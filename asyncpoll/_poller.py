@@ -121,6 +121,7 @@ class _Entry:
         "absent_since",
         "alive",
         "due",
+        "flight",
         "id",
         "in_flight",
         "interval",
@@ -142,6 +143,18 @@ class _Entry:
         self.in_flight = False
         self.alive = True
         self.absent_since: float | None = None
+        self.flight: _Flight | None = None
+
+
+class _Flight:
+    """A batch being sent. Once every entry in it has lost its callers, its request
+    (with the retries still to come) is cancelled: nobody waits for the answer."""
+
+    __slots__ = ("live", "scope")
+
+    def __init__(self, live: int) -> None:
+        self.live = live
+        self.scope = anyio.CancelScope()
 
 
 # What a subscription holds for one key until its consumer takes it:
@@ -159,7 +172,8 @@ class _Subscription:
         self.events = events  # every change (watch) or terminal outcomes only
         self.open = set(keys)  # keys with no terminal outcome delivered yet
         self.pending: OrderedDict[_Key, _Pending] = OrderedDict()
-        self.last: dict[_Key, AsyncOperation | None] = {}
+        # Made on first use: only watchers need the last operation shown per key.
+        self.last: dict[_Key, AsyncOperation | None] | None = None
         self.error: BaseException | None = None
         self._wakeup: anyio.Event | None = None
 
@@ -194,6 +208,10 @@ class _Subscription:
             self._wakeup = None
         await anyio.lowlevel.checkpoint_if_cancelled()
         key, (operation, terminal) = self.pending.popitem(last=False)
+        if not self.events:
+            return key, operation, None, terminal
+        if self.last is None:
+            self.last = {}
         previous = self.last.get(key)
         self.last[key] = operation
         return key, operation, previous, terminal
@@ -328,7 +346,10 @@ class Poller:
         space = self._session.space_id if space_id is None else validate_space_id(space_id)
         if isinstance(ids, str | bytes):
             raise TypeError("pass a list of operation IDs, not a single string")
-        return [(space, validate_operation_id(i)) for i in ids]
+        keys = [(space, validate_operation_id(i)) for i in ids]
+        # Refused here, at the caller: met later, in the polling loop, it would end the loop.
+        self._session.check_ids_fit((key[1] for key in keys), space_id=space)
+        return keys
 
     async def wait(
         self, op_id: str, *, space_id: str | None = None, timeout: float | None = None
@@ -484,6 +505,12 @@ class Poller:
 
     def _drop(self, entry: _Entry) -> None:
         entry.alive = False
+        flight = entry.flight
+        if flight is not None:
+            entry.flight = None
+            flight.live -= 1
+            if not flight.live:
+                flight.scope.cancel()
         if self._entries.get((entry.space, entry.id)) is entry:
             del self._entries[(entry.space, entry.id)]
 
@@ -609,7 +636,11 @@ class Poller:
                         entry.in_flight = True
                     self._in_flight += 1
                     task_group.start_soon(self._poll, space, batch)
-            delay = self._next_due() - _now()
+            wake = self._next_due()
+            if self._memory_order:
+                # Forget finished operations on time, even while nothing else happens.
+                wake = min(wake, self._memory_order[0][0])
+            delay = wake - _now()
             if delay > 0 and not self._fresh:
                 self._wakeup = anyio.Event()
                 with anyio.move_on_after(delay):
@@ -638,12 +669,24 @@ class Poller:
                     return
                 previous = {e.id: e.operation for e in live if e.operation is not None}
                 self._operations_polled += len(live)
-                try:
-                    result = await self._session.query_batch(space, [e.id for e in live], previous)
-                except AsyncpollError as exc:
+                flight = _Flight(len(live))
+                for entry in live:
+                    entry.flight = flight
+                result: BatchResult | None = None
+                error: AsyncpollError | None = None
+                with flight.scope:
+                    try:
+                        result = await self._session.query_batch(
+                            space, [e.id for e in live], previous
+                        )
+                    except AsyncpollError as exc:
+                        error = exc
+                for entry in live:
+                    entry.flight = None
+                if error is not None:
                     self._errors += 1
-                    self._on_error(space, live, exc)
-                else:
+                    self._on_error(space, live, error)
+                elif result is not None:
                     self._on_result(live, result)
         finally:
             self._in_flight -= 1
@@ -676,6 +719,10 @@ class Poller:
         self, entry: _Entry, operation: AsyncOperation, now: float, floor: float | None
     ) -> None:
         before = entry.operation
+        if operation is before:
+            # The decoder handed back the very object of last time: nothing changed.
+            self._reschedule(entry, now, False, floor)
+            return
         if before is not None and _regressed(before, operation):
             logger.debug("ignoring a stale answer for operation %r", entry.id)
             self._reschedule(entry, now, False, floor)

@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import random
 import re
+import reprlib
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -42,6 +43,7 @@ _SPACE_RE = re.compile(r"[A-Za-z0-9_-]{7,22}")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _MAX_LOGGED_UNKNOWN_STATES = 64
+_MAX_CACHED_PARTS = 1 << 18
 
 
 def validate_space_id(space_id: object) -> str:
@@ -62,6 +64,12 @@ def validate_operation_id(op_id: object) -> str:
         raise ValueError("operation IDs must not be empty")
     if _CONTROL_RE.search(op_id):
         raise ValueError(f"operation ID {op_id!r} contains a control character")
+    if not op_id.isascii():
+        try:
+            op_id.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate cannot be percent-encoded: refuse it here, not mid-poll.
+            raise ValueError(f"operation ID {op_id!r} is not valid Unicode") from None
     return op_id
 
 
@@ -167,6 +175,8 @@ class Session:
         self._limiter: anyio.CapacityLimiter | None = None
         self._entered = False
         self._logged_states: set[str] = set()
+        self._parts: dict[str, str] = {}
+        self._paths: dict[str, tuple[str, int]] = {}
         #: Requests sent and retries made, for statistics.
         self.requests_sent = 0
         self.retries = 0
@@ -188,6 +198,10 @@ class Session:
             )
         if "{space_id}" not in self._endpoint.path:
             raise ValueError("endpoint.path must contain '{space_id}'")
+        if not self._endpoint.path.startswith("/"):
+            # Appended to base_url: without the slash it could move the token to another
+            # host ("@evil.example/..." turns the base URL into credentials).
+            raise ValueError("endpoint.path must start with '/'")
         return base_url.rstrip("/")
 
     async def __aenter__(self) -> Session:
@@ -275,14 +289,32 @@ class Session:
         return self.space_id if space_id is None else validate_space_id(space_id)
 
     def _path(self, space_id: str) -> str:
-        quoted = urllib.parse.quote(space_id, safe="")
-        return self._base + self._endpoint.path.format(space_id=quoted)
+        return self._space_path(space_id)[0]
 
     def _path_length(self, space_id: str) -> int:
-        return len(urllib.parse.urlsplit(self._path(space_id)).path) + 1
+        return self._space_path(space_id)[1]
+
+    def _space_path(self, space_id: str) -> tuple[str, int]:
+        """The URL up to the query for ``space_id``, and the length its path adds to the
+        request line (cached: every batch of every round needs them)."""
+        found = self._paths.get(space_id)
+        if found is None:
+            quoted = urllib.parse.quote(space_id, safe="")
+            url = self._base + self._endpoint.path.format(space_id=quoted)
+            found = (url, len(urllib.parse.urlsplit(url).path) + 1)
+            if len(self._paths) < _MAX_CACHED_PARTS:
+                self._paths[space_id] = found
+        return found
 
     def _id_part(self, op_id: str) -> str:
-        return f"{self._endpoint.ids_param}={urllib.parse.quote(op_id, safe='')}"
+        # Cached: a Poller plans and sends the same IDs round after round.
+        part = self._parts.get(op_id)
+        if part is None:
+            if len(self._parts) >= _MAX_CACHED_PARTS:
+                self._parts.clear()
+            part = f"{self._endpoint.ids_param}={urllib.parse.quote(op_id, safe='')}"
+            self._parts[op_id] = part
+        return part
 
     def plan_batches(self, ids: Sequence[str], *, space_id: str) -> list[list[str]]:
         """Split validated, unique ``ids`` into batches within both caps, in order.
@@ -296,10 +328,7 @@ class Session:
         for op_id in ids:
             part = len(self._id_part(op_id)) + 1
             if base + part > self.max_url_length:
-                raise ValueError(
-                    f"operation ID {op_id[:40]!r}... is too long for max_url_length="
-                    f"{self.max_url_length}"
-                )
+                raise self._too_long(op_id)
             full = len(current) >= self.max_batch_size or length + part > self.max_url_length
             if current and full:
                 batches.append(current)
@@ -309,6 +338,22 @@ class Session:
         if current:
             batches.append(current)
         return batches
+
+    def check_ids_fit(self, ids: Iterable[str], *, space_id: str) -> None:
+        """Raise :class:`ValueError` if one of the validated ``ids`` alone is too long for
+        ``max_url_length`` (the Poller checks this when a caller registers, so that the
+        polling loop never meets such an ID)."""
+        room = self.max_url_length - self._path_length(space_id) - len(self._id_part("")) - 1
+        for op_id in ids:
+            # Percent-encoded, a character takes at most 12 bytes (4 UTF-8 bytes as "%XX"):
+            # only IDs that might not fit are encoded to be sure.
+            if 12 * len(op_id) > room and len(urllib.parse.quote(op_id, safe="")) > room:
+                raise self._too_long(op_id)
+
+    def _too_long(self, op_id: str) -> ValueError:
+        return ValueError(
+            f"operation ID {op_id[:40]!r}... is too long for max_url_length={self.max_url_length}"
+        )
 
     def _url(self, space_id: str, ids: Sequence[str]) -> str:
         return self._path(space_id) + "?" + "&".join(self._id_part(i) for i in ids)
@@ -512,7 +557,8 @@ class Session:
         for operation in operations:
             if operation.state is OperationState.UNKNOWN:
                 raw: Any = operation.raw.get("state", operation.raw.get("status"))
-                key = repr(raw)[:80]
+                # reprlib: bounded in depth and length, whatever the server sent.
+                key = reprlib.repr(raw)[:80]
                 if key not in self._logged_states and len(self._logged_states) < (
                     _MAX_LOGGED_UNKNOWN_STATES
                 ):

@@ -7,6 +7,7 @@ The one private cattrs converter lives here; the models know nothing of the wire
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -61,11 +62,17 @@ def _message_of(item: Any) -> str:
     return ""
 
 
+def _text(value: Any) -> str:
+    # reprlib bounds depth and length: str() of a list nested a thousand deep would
+    # raise RecursionError, and orjson accepts documents that deep.
+    return reprlib.repr(value)
+
+
 def _structure_error_object(value: Any, _: type) -> OperationError:
     if isinstance(value, str):
         return OperationError(message=value)
     if not isinstance(value, Mapping):
-        return OperationError(message=str(value))
+        return OperationError(message=_text(value))
     code = value.get("code")
     details = value.get("details")
     if isinstance(details, list):
@@ -76,7 +83,7 @@ def _structure_error_object(value: Any, _: type) -> OperationError:
         details_tuple = (details,)
     return OperationError(
         message=_message_of(value),
-        code=code if isinstance(code, str) else (None if code is None else str(code)),
+        code=code if isinstance(code, str) else (None if code is None else _text(code)),
         details=details_tuple,
     )
 
@@ -197,16 +204,25 @@ def decode_operations(
             op_id = entry.get("id")
             # Only a string ID can be looked up: a list or object would be unhashable.
             known = previous.get(op_id) if isinstance(op_id, str) else None
-            if known is not None and known.raw == entry:
+            if known is not None and _same(known.raw, entry):
                 append(known)
                 continue
         try:
             append(_converter.structure(entry, AsyncOperation))
         except _SkipEntry:
             continue
-        except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+        except (cattrs.BaseValidationError, ValueError, TypeError, RecursionError) as exc:
+            # RecursionError: a safety net for values nested about a thousand deep.
             raise InvalidResponseError(f"cannot read an operation entry: {exc!r}") from exc
     return operations
+
+
+def _same(before: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
+    try:
+        return before == entry
+    except RecursionError:
+        # Values nested about a thousand deep cannot be compared: read the entry anew.
+        return False
 
 
 Decoder = Callable[[Any, "Mapping[str, AsyncOperation] | None"], Iterable[AsyncOperation]]

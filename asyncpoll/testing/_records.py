@@ -106,7 +106,9 @@ class ScriptedResponse:
     serves the normal answer of the request (random faults skipped, ``headers`` added) and
     any other status a small JSON error body. ``disconnect`` drops the connection instead
     of answering. ``delay`` waits that many seconds first (a large value makes the request
-    hang until the client gives up or the server stops).
+    hang until the client gives up or the server stops). ``chunked`` sends the body with
+    ``Transfer-Encoding: chunked`` and no ``Content-Length``, so that a client learns its
+    size only by reading it.
     """
 
     status: int = 200
@@ -114,6 +116,7 @@ class ScriptedResponse:
     headers: Mapping[str, str] = attrs.field(factory=dict, converter=_headers, hash=False)
     disconnect: bool = False
     delay: float = 0.0
+    chunked: bool = False
 
 
 @attrs.frozen
@@ -125,6 +128,10 @@ class LoggedRequest:
     in order) are decoded; ``status`` is what was answered, 0 if the connection was dropped
     (or the client went away first); ``user`` is the user the bearer token belongs to, or
     ``None``. The token itself is never recorded.
+
+    ``answered`` is the :func:`time.monotonic` time the answer was handed over to be sent
+    (after any latency or scripted delay), or the connection dropped; no client can have
+    read the answer before it. ``None`` in records made by hand; not compared by ``==``.
     """
 
     time: float
@@ -135,3 +142,4 @@ class LoggedRequest:
     ids: tuple[str, ...]
     status: int
     user: str | None
+    answered: float | None = attrs.field(default=None, eq=False)

@@ -206,6 +206,7 @@ class SimulatedServer:
         # Handlers in flight (server thread only): stop() cancels them so that it never
         # waits for a scripted delay or a latency to run out.
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._web_server: web.Server | None = None
 
     def __repr__(self) -> str:
         where = self.url if self._port is not None else "stopped"
@@ -278,6 +279,19 @@ class SimulatedServer:
         return f"http://{host}:{port}"
 
     @property
+    def open_connections(self) -> int:
+        """How many client connections are open now (0 when the server is not running).
+
+        A connection counts from its accept until the server sees it closed, which may be
+        a moment after the client closed it: poll this until it drops, e.g. to check that
+        a client left no connection open.
+        """
+        web_server = self._web_server
+        # ``connections`` copies the server's dict in one step under the GIL: safe to read
+        # from the client's thread.
+        return len(web_server.connections) if web_server is not None else 0
+
+    @property
     def token(self) -> str | None:
         """The default token given to the constructor (``None`` if there is none)."""
         return self._token
@@ -307,6 +321,7 @@ class SimulatedServer:
             self._port = int(runner.addresses[0][1])
             self._loop = asyncio.get_running_loop()
             self._stop_event = stop_event = asyncio.Event()
+            self._web_server = server
         except BaseException as exc:
             await runner.cleanup()
             self._startup_error = exc
@@ -319,6 +334,7 @@ class SimulatedServer:
             for task in list(self._inflight):
                 task.cancel()
             await runner.cleanup()
+            self._web_server = None
 
     # -- tokens, spaces ------------------------------------------------------------------
 
@@ -656,6 +672,7 @@ class SimulatedServer:
                     ids=tuple(ids),
                     status=status,
                     user=principal[0] if principal is not None else None,
+                    answered=time.monotonic(),
                 )
                 with self._lock:
                     self._log.append(record)
@@ -717,7 +734,10 @@ class SimulatedServer:
                 name.lower() == "www-authenticate" for name in scripted.headers
             ):
                 answer.headers = {"WWW-Authenticate": "Bearer"}
-        return answer.response(scripted.headers)
+        response = answer.response(scripted.headers)
+        if scripted.chunked:
+            response.enable_chunked_encoding()
+        return response
 
     def _answer(
         self,

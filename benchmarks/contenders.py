@@ -1,0 +1,470 @@
+"""One contender in a fresh interpreter, driven by ``benchmarks/run.py``.
+
+Started as ``python benchmarks/contenders.py NAME``: it imports what the contender needs,
+prints ``{"ready": true}`` and reads one JSON line with ``url``, ``token``, ``ids_file``,
+``interval`` and ``max_batch``. Then it loads the IDs, takes its baseline (CPU, RSS; the
+peak RSS is reset through ``/proc/self/clear_refs``), waits until every operation is seen
+terminal, and prints one JSON line of figures. Everything measured is this process only:
+the simulator runs in another.
+
+Contenders (each observes every operation's terminal state, on asyncio):
+
+- ``asyncpoll``: ``Poller.wait`` per operation from N tasks of one anyio task group;
+- ``naive``: one task per operation, one aiohttp ``GET ...?asyncOperationIds=<id>`` per
+  poll through one shared ``ClientSession`` (aiohttp's default pool of 100 connections);
+- ``aiodataloader``: the same per-operation loops, their loads batched by one
+  ``aiodataloader.DataLoader`` whose batch function sends one GET per batch;
+- ``azure``: one ``azure.core.polling.AsyncLROPoller`` per operation with a custom
+  ``AsyncPollingMethod`` sending its GETs through an ``azure.core.AsyncPipelineClient``
+  (default policies) on azure-core's aiohttp transport.
+
+And one baseline, ``idle-tasks``: N anyio tasks that only wait on one event, to show how
+much of the asyncpoll contender's memory is its callers' own tasks.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import gc
+import json
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+TERMINAL = frozenset({"Succeeded", "Failed", "Canceled", "Cancelled"})
+PATH = "/programs/v2/spaces/default/asyncOperations"
+IDS = "asyncOperationIds"
+TICK = 0.010  # the loop-lag ticker's sleep
+
+
+class Job:
+    """What one contender needs: the operations and where to record observations."""
+
+    def __init__(self, config: dict[str, Any], ids: list[str]) -> None:
+        self.url: str = config["url"]
+        self.token: str = config["token"]
+        self.interval: float = config["interval"]
+        self.max_batch: int = config["max_batch"]
+        self.ids = ids
+        # Preallocated before the baseline: 8 bytes per operation, the benchmark's own.
+        self.observed = array.array("d", bytes(8 * len(ids)))
+        self.client_requests = 0
+        self.client_errors = 0
+        self.extra: dict[str, Any] = {}
+        self.cpu_shares: list[float] = []
+
+    def see(self, index: int) -> None:
+        self.observed[index] = time.monotonic()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+
+
+# -- contenders -------------------------------------------------------------------------
+
+
+async def run_asyncpoll(job: Job) -> None:
+    import anyio
+
+    from asyncpoll import OperationFailed, Poller, PollInterval, Session
+
+    interval = PollInterval(initial=job.interval, maximum=job.interval, multiplier=1.0)
+    async with Session(job.url, token=job.token, max_batch_size=job.max_batch) as session:
+        async with Poller(session, interval=interval) as poller:
+
+            async def one(index: int, op_id: str) -> None:
+                with contextlib.suppress(OperationFailed):
+                    await poller.wait(op_id)
+                job.see(index)
+
+            async with anyio.create_task_group() as tg:
+                for index, op_id in enumerate(job.ids):
+                    tg.start_soon(one, index, op_id)
+            stats = poller.statistics()
+    job.client_requests = stats.requests
+    job.client_errors = stats.errors
+    job.extra = {"retries": stats.retries, "operations_polled": stats.operations_polled}
+
+
+async def run_naive(job: Job) -> None:
+    import aiohttp
+
+    url = job.url + PATH
+    headers = job.headers
+
+    async with aiohttp.ClientSession() as http:
+
+        async def one(index: int, op_id: str) -> None:
+            while True:
+                job.client_requests += 1
+                try:
+                    async with http.get(url, params={IDS: op_id}, headers=headers) as response:
+                        response.raise_for_status()
+                        entries = await response.json()
+                except aiohttp.ClientError:
+                    job.client_errors += 1
+                else:
+                    if entries and entries[0]["state"] in TERMINAL:
+                        job.see(index)
+                        return
+                await asyncio.sleep(job.interval)
+
+        async with asyncio.TaskGroup() as tg:
+            for index, op_id in enumerate(job.ids):
+                tg.create_task(one(index, op_id))
+
+
+async def run_aiodataloader(job: Job) -> None:
+    import aiohttp
+    from aiodataloader import DataLoader
+
+    url = job.url + PATH
+    headers = job.headers
+
+    async with aiohttp.ClientSession() as http:
+
+        async def batch_load(keys: list[str]) -> list[dict[str, Any] | None]:
+            params = [(IDS, key) for key in keys]
+            while True:
+                job.client_requests += 1
+                try:
+                    async with http.get(url, params=params, headers=headers) as response:
+                        response.raise_for_status()
+                        entries = await response.json()
+                    break
+                except aiohttp.ClientError:
+                    job.client_errors += 1
+                    await asyncio.sleep(job.interval)
+            by_id = {entry["id"]: entry for entry in entries}
+            return [by_id.get(key) for key in keys]
+
+        loader: DataLoader[str, dict[str, Any] | None] = DataLoader(
+            batch_load,
+            max_batch_size=job.max_batch,
+            cache=False,
+            loop=asyncio.get_running_loop(),
+        )
+
+        async def one(index: int, op_id: str) -> None:
+            while True:
+                entry = await loader.load(op_id)
+                if entry is not None and entry["state"] in TERMINAL:
+                    job.see(index)
+                    return
+                await asyncio.sleep(job.interval)
+
+        async with asyncio.TaskGroup() as tg:
+            for index, op_id in enumerate(job.ids):
+                tg.create_task(one(index, op_id))
+
+
+async def run_azure(job: Job) -> None:
+    import aiohttp
+    from azure.core import AsyncPipelineClient
+    from azure.core.pipeline.transport import AioHttpTransport
+    from azure.core.polling import AsyncLROPoller, AsyncPollingMethod
+    from azure.core.rest import HttpRequest
+
+    url = job.url + PATH
+    headers = job.headers
+
+    class OperationPolling(AsyncPollingMethod[dict[str, Any]]):
+        """Polls one operation by its ID, one GET per poll (azure-core's design).
+
+        ``initial_response`` is the operation ID: in the real API it comes from the bulk
+        call that started the work, which is not part of this scenario.
+        """
+
+        def __init__(self, interval: float) -> None:
+            self._interval = interval
+            self._status = "NotStarted"
+            self._entry: dict[str, Any] | None = None
+
+        def initialize(
+            self, client: Any, initial_response: Any, deserialization_callback: Any
+        ) -> None:
+            self._client = client
+            self._op_id: str = initial_response
+            self._deserialize = deserialization_callback
+
+        async def run(self) -> None:
+            while True:
+                request = HttpRequest("GET", url, params={IDS: self._op_id}, headers=headers)
+                job.client_requests += 1
+                response = await self._client.send_request(request)
+                response.raise_for_status()
+                entries = response.json()
+                if entries:
+                    self._entry = entries[0]
+                    self._status = entries[0]["state"]
+                if self.finished():
+                    return
+                await asyncio.sleep(self._interval)
+
+        def status(self) -> str:
+            return self._status
+
+        def finished(self) -> bool:
+            return self._status in TERMINAL
+
+        def resource(self) -> dict[str, Any]:
+            result: dict[str, Any] = self._deserialize(self._entry)
+            return result
+
+    async with aiohttp.ClientSession() as http:
+        transport = AioHttpTransport(session=http, session_owner=False)
+        async with AsyncPipelineClient(job.url, transport=transport) as client:
+
+            async def one(index: int, op_id: str) -> None:
+                poller = AsyncLROPoller(client, op_id, lambda e: e, OperationPolling(job.interval))
+                await poller.result()
+                job.see(index)
+
+            async with asyncio.TaskGroup() as tg:
+                for index, op_id in enumerate(job.ids):
+                    tg.create_task(one(index, op_id))
+
+
+async def run_idle_tasks(job: Job) -> None:
+    """Not a contender: N anyio tasks that only wait on one event, as many as the
+    asyncpoll contender starts, to show what its callers' own tasks cost in memory."""
+    import anyio
+
+    release = anyio.Event()
+
+    async def one(index: int) -> None:
+        await release.wait()
+        job.see(index)
+
+    async with anyio.create_task_group() as tg:
+        for index in range(len(job.ids)):
+            tg.start_soon(one, index)
+        await anyio.sleep(1.0)
+        release.set()
+
+
+CONTENDERS: dict[str, Callable[[Job], Awaitable[None]]] = {
+    "asyncpoll": run_asyncpoll,
+    "naive": run_naive,
+    "aiodataloader": run_aiodataloader,
+    "azure": run_azure,
+    "idle-tasks": run_idle_tasks,
+}
+
+_IMPORTS = {
+    "asyncpoll": ("anyio", "asyncpoll"),
+    "naive": ("aiohttp",),
+    "aiodataloader": ("aiohttp", "aiodataloader"),
+    "azure": ("aiohttp", "azure.core", "azure.core.pipeline.transport", "azure.core.polling"),
+    "idle-tasks": ("anyio",),
+}
+
+
+# -- measurement ------------------------------------------------------------------------
+
+
+def _status_kib() -> dict[str, int]:
+    fields: dict[str, int] = {}
+    with open("/proc/self/status", encoding="ascii") as file:
+        for line in file:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                name, value = line.split(":", 1)
+                fields[name] = int(value.split()[0])
+    return fields
+
+
+class _GcClock:
+    """Time spent in the cyclic garbage collector (C work that cProfile does not show)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = [0, 0, 0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.collections[info["generation"]] += 1
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as file:
+            file.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _rank(values: list[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile of sorted ``values`` (NaN if empty)."""
+    if not values:
+        return math.nan
+    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
+
+
+async def _ticker(lags: array.array[float]) -> None:
+    while True:
+        started = time.monotonic()
+        await asyncio.sleep(TICK)
+        lags.append(time.monotonic() - started - TICK)
+
+
+async def _cpu_sampler(shares: list[float]) -> None:
+    """The share of one core this process used, second by second (1.0: saturated)."""
+    wall, cpu = time.monotonic(), time.process_time()
+    while True:
+        await asyncio.sleep(1.0)
+        now, used = time.monotonic(), time.process_time()
+        shares.append(round((used - cpu) / (now - wall), 3))
+        wall, cpu = now, used
+
+
+async def _measured(
+    contender: Callable[[Job], Awaitable[None]], job: Job, *, snapshot: bool = False
+) -> array.array[float]:
+    lags: array.array[float] = array.array("d")
+    ticker = asyncio.create_task(_ticker(lags))
+    sampler = asyncio.create_task(_cpu_sampler(job.cpu_shares))
+    watcher = asyncio.create_task(_peak_snapshot()) if snapshot else None
+    try:
+        await contender(job)
+    finally:
+        ticker.cancel()
+        sampler.cancel()
+        if watcher is not None:
+            watcher.cancel()
+    return lags
+
+
+async def _peak_snapshot() -> None:
+    """Diagnostics: print where the memory was allocated at the traced peak."""
+    import tracemalloc
+
+    best = 0
+    top: tracemalloc.Snapshot | None = None
+    try:
+        while True:
+            await asyncio.sleep(1.0)
+            current = tracemalloc.get_traced_memory()[0]
+            if current > best:
+                best, top = current, tracemalloc.take_snapshot()
+    finally:
+        if top is not None:
+            sys.stderr.write(f"traced peak {best / 2**20:.1f} MiB\n")
+            kind = (
+                "traceback"
+                if len(top.traces) and top.traces[0].traceback.total_nframe > 1
+                else "lineno"
+            )
+            for stat in top.statistics(kind)[:25]:
+                sys.stderr.write(f"{stat.size / 2**20:8.2f} MiB {stat.count:8d} blocks\n")
+                for frame in stat.traceback.format()[-8:]:
+                    sys.stderr.write(f"    {frame}\n")
+
+
+def main() -> int:
+    name = sys.argv[1]
+    contender = CONTENDERS[name]
+    for module in _IMPORTS[name]:
+        __import__(module)
+    print(json.dumps({"ready": True}), flush=True)
+    config = json.loads(sys.stdin.readline())
+    with open(config["ids_file"], "rb") as file:
+        script = orjson.loads(file.read())
+    ids: list[str] = script["ids"]
+    completions = array.array("d", script["completions"])
+    del script
+    job = Job(config, ids)
+
+    gc.collect()
+    gc_clock = _GcClock()
+    gc.callbacks.append(gc_clock)
+    peak_reset = _reset_peak()
+    rss_before = _status_kib()["VmRSS"]
+    cpu_before = _cpu()
+    wall_before = time.monotonic()
+    profile = os.environ.get("BENCH_PROFILE")
+    if profile:
+        # Diagnostics only: the profiler's overhead makes the CPU figure meaningless.
+        import cProfile
+
+        profiler = cProfile.Profile()
+        lags = profiler.runcall(asyncio.run, _measured(contender, job))
+        profiler.dump_stats(f"{profile}.{name}.prof")
+    elif os.environ.get("BENCH_TRACEMALLOC"):
+        import tracemalloc
+
+        tracemalloc.start(int(os.environ["BENCH_TRACEMALLOC"]))
+        lags = asyncio.run(_measured(contender, job, snapshot=True))
+    else:
+        lags = asyncio.run(_measured(contender, job))
+    wall = time.monotonic() - wall_before
+    cpu = _cpu() - cpu_before
+    gc.callbacks.remove(gc_clock)
+    status = _status_kib()
+    peak = status["VmHWM"] if peak_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    pairs = sorted(
+        (done, seen - done)
+        for seen, done in zip(job.observed, completions, strict=True)
+        if seen > 0
+    )
+    latencies = sorted(latency for _, latency in pairs)
+    # By completion order, in tenths: where in the window the latency comes from.
+    tenths = [
+        _rank(
+            sorted(
+                latency for _, latency in pairs[i * len(pairs) // 10 : (i + 1) * len(pairs) // 10]
+            ),
+            0.99,
+        )
+        for i in range(10)
+    ]
+    lag_list = sorted(lags)
+    result = {
+        "contender": name,
+        "operations": len(ids),
+        "observed": len(latencies),
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "rss_before_kib": rss_before,
+        "rss_peak_kib": peak,
+        "rss_growth_kib": max(0, peak - rss_before),
+        "peak_reset": peak_reset,
+        "latency_p50": _rank(latencies, 0.50),
+        "latency_p99": _rank(latencies, 0.99),
+        "latency_max": _rank(latencies, 1.0),
+        "latency_p99_by_tenth": tenths,
+        "loop_lag_p99": _rank(lag_list, 0.99),
+        "loop_lag_max": _rank(lag_list, 1.0),
+        "loop_lag_samples": len(lag_list),
+        "gc_seconds": gc_clock.seconds,
+        "gc_collections": gc_clock.collections,
+        "cpu_share_per_second": job.cpu_shares,
+        "client_requests": job.client_requests,
+        "client_errors": job.client_errors,
+        **job.extra,
+    }
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
