@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import logging
@@ -9,13 +10,14 @@ import math
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 import attrs
+import sniffio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._errors import (
@@ -165,9 +167,10 @@ _Pending = tuple[AsyncOperation | None, bool]
 class _Subscription:
     """One caller's interest in some keys, and the outcomes not yet consumed."""
 
-    __slots__ = ("_wakeup", "error", "events", "keys", "last", "open", "pending")
+    __slots__ = ("_signal", "_wakeup", "error", "events", "keys", "last", "open", "pending")
 
-    def __init__(self, keys: list[_Key], *, events: bool) -> None:
+    def __init__(self, keys: list[_Key], *, events: bool, signal: _SignalFactory) -> None:
+        self._signal = signal
         self.keys = keys
         self.events = events  # every change (watch) or terminal outcomes only
         self.open = set(keys)  # keys with no terminal outcome delivered yet
@@ -175,7 +178,7 @@ class _Subscription:
         # Made on first use: only watchers need the last operation shown per key.
         self.last: dict[_Key, AsyncOperation | None] | None = None
         self.error: BaseException | None = None
-        self._wakeup: anyio.Event | None = None
+        self._wakeup: _Signal | None = None
 
     def deliver(self, key: _Key, operation: AsyncOperation | None, terminal: bool) -> None:
         if key not in self.open:
@@ -203,7 +206,7 @@ class _Subscription:
         while not self.pending:
             if self.error is not None:
                 raise self.error
-            self._wakeup = anyio.Event()
+            self._wakeup = self._signal()
             await self._wakeup.wait()
             self._wakeup = None
         await anyio.lowlevel.checkpoint_if_cancelled()
@@ -219,6 +222,38 @@ class _Subscription:
     @property
     def finished(self) -> bool:
         return not self.open and not self.pending
+
+
+class _Signal(Protocol):
+    def set(self) -> None: ...
+
+    async def wait(self) -> None: ...
+
+
+_SignalFactory = Callable[[], _Signal]
+
+
+class _FutureSignal:
+    """A one-shot wake-up for one waiting caller on asyncio: a bare future costs a tenth
+    of the memory of an ``anyio.Event``, and every waiting caller holds one."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def set(self) -> None:
+        if not self._future.done():
+            self._future.set_result(None)
+
+    async def wait(self) -> None:
+        await self._future
+
+
+def _signal_factory() -> _SignalFactory:
+    if sniffio.current_async_library() == "asyncio":
+        return _FutureSignal
+    return anyio.Event
 
 
 def _is_transient(error: AsyncpollError) -> bool:
@@ -284,6 +319,7 @@ class Poller:
         self._rng = random.Random()
         self._fresh = 0
         self._wakeup: anyio.Event | None = None
+        self._signal: _SignalFactory = anyio.Event
         self._limiter: anyio.CapacityLimiter | None = None
         self._task_group: TaskGroup | None = None
         self._closed = False
@@ -303,6 +339,7 @@ class Poller:
             raise RuntimeError("a Poller can be entered only once")
         self._limiter = anyio.CapacityLimiter(self.max_concurrent_requests)
         self._wakeup = anyio.Event()
+        self._signal = _signal_factory()
         self._base_requests = self._session.requests_sent
         self._base_retries = self._session.retries
         task_group = anyio.create_task_group()
@@ -467,7 +504,7 @@ class Poller:
         """Register a new subscription to ``keys``; the caller must unsubscribe it."""
         if self._task_group is None or self._closed:
             raise RuntimeError("use the Poller as 'async with Poller(session) as poller:'")
-        subscription = _Subscription(keys, events=events)
+        subscription = _Subscription(keys, events=events, signal=self._signal)
         self._subscribe(subscription)
         return subscription
 
