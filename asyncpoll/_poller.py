@@ -13,7 +13,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Final, Protocol
+from typing import Protocol
 
 import anyio
 import attrs
@@ -43,12 +43,6 @@ _Key = tuple[str, str]  # (space_id, operation_id)
 # Due times and deadlines are bookkeeping, compared only with each other and turned into
 # relative sleeps: the plain monotonic clock spares a backend lookup on every call.
 _now = time.monotonic
-
-_RANK: Final = {
-    OperationState.NOT_STARTED: 0,
-    OperationState.UNKNOWN: 1,
-    OperationState.RUNNING: 1,
-}
 
 
 @attrs.frozen
@@ -262,10 +256,19 @@ def _is_transient(error: AsyncpollError) -> bool:
     return isinstance(error, APIError) and (error.status >= 500 or error.status in (408, 425))
 
 
+def _rank(state: OperationState) -> int:
+    # Identity tests: hashing an Enum member runs Python code, and this runs per status.
+    if state is OperationState.NOT_STARTED:
+        return 0
+    if state is OperationState.RUNNING or state is OperationState.UNKNOWN:
+        return 1
+    return 2
+
+
 def _regressed(before: AsyncOperation, after: AsyncOperation) -> bool:
     """True for an answer older than one already seen (a lagging replica)."""
-    rank_before = _RANK.get(before.state, 2)
-    rank_after = _RANK.get(after.state, 2)
+    rank_before = _rank(before.state)
+    rank_after = _rank(after.state)
     if rank_after != rank_before:
         return rank_after < rank_before
     return (

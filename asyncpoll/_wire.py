@@ -32,8 +32,21 @@ class _SkipEntry(Exception):
     """An entry of the list is not an operation we can read (not an object, no ID)."""
 
 
-def _structure_state(value: Any, _: type) -> OperationState:
-    return OperationState(value) if isinstance(value, str) else OperationState.UNKNOWN
+# Spellings already read, so that a poll costs a dict lookup per entry rather than an Enum
+# call; bounded, since an unknown spelling could be anything.
+_STATE_CACHE: dict[str, OperationState] = {s.value: s for s in OperationState}
+_MAX_STATE_CACHE = 256
+
+
+def _structure_state(value: Any, _: type = OperationState) -> OperationState:
+    if not isinstance(value, str):
+        return OperationState.UNKNOWN
+    state = _STATE_CACHE.get(value)
+    if state is None:
+        state = OperationState(value)
+        if len(_STATE_CACHE) < _MAX_STATE_CACHE:
+            _STATE_CACHE[value] = state
+    return state
 
 
 def _structure_percent(value: Any) -> float | None:
@@ -132,7 +145,7 @@ def _structure_operation(entry: Any, _: type) -> AsyncOperation:
             created = tuple(str(i) for i in ids if isinstance(i, str | int))
     return AsyncOperation(
         id=op_id,
-        state=_converter.structure(_first(entry, _STATE_KEYS), OperationState),
+        state=_structure_state(_first(entry, _STATE_KEYS)),
         percent_complete=_structure_percent(_first(entry, _PERCENT_KEYS)),
         result=result,
         created_resource_ids=created,
@@ -208,7 +221,8 @@ def decode_operations(
                 append(known)
                 continue
         try:
-            append(_converter.structure(entry, AsyncOperation))
+            # The converter's hook, called directly: this is the hot path of every poll.
+            append(_structure_operation(entry, AsyncOperation))
         except _SkipEntry:
             continue
         except (cattrs.BaseValidationError, ValueError, TypeError, RecursionError) as exc:
