@@ -119,7 +119,6 @@ class _Entry:
         "due",
         "flight",
         "id",
-        "in_flight",
         "interval",
         "operation",
         "seq",
@@ -136,7 +135,6 @@ class _Entry:
         self.interval = interval
         self.due = 0.0
         self.seq = 0
-        self.in_flight = False
         self.alive = True
         self.absent_since: float | None = None
         self.flight: _Flight | None = None
@@ -672,8 +670,6 @@ class Poller:
             self._forget_expired(now)
             for space in list(self._heaps):
                 for batch in self._take_batches(space, now):
-                    for entry in batch:
-                        entry.in_flight = True
                     self._in_flight += 1
                     task_group.start_soon(self._poll, space, batch)
             wake = self._next_due()
@@ -736,7 +732,6 @@ class Poller:
         now = _now()
         seen = {operation.id: operation for operation in result.operations}
         for entry in batch:
-            entry.in_flight = False
             if not entry.alive:
                 continue
             id_error = result.id_errors.get(entry.id)
@@ -788,7 +783,6 @@ class Poller:
             # Callers keep waiting until their own deadline: poll again later.
             logger.warning("status query for %d IDs failed, will retry: %s", len(batch), error)
             for entry in batch:
-                entry.in_flight = False
                 if entry.alive:
                     self._reschedule(entry, now, False, None)
             return
@@ -799,14 +793,15 @@ class Poller:
         else:
             victims = batch
         for entry in victims:
-            entry.in_flight = False
             if entry.alive:
                 self._fail(entry, error)
 
 
 def _live(item: tuple[float, int, _Entry]) -> bool:
+    # An entry has one live heap item, the one of its latest schedule; it is popped when
+    # the entry joins a batch, so an entry in flight has none.
     entry = item[2]
-    return entry.alive and entry.seq == item[1] and not entry.in_flight
+    return entry.alive and entry.seq == item[1]
 
 
 def _succeeded(key: _Key, operation: AsyncOperation | None) -> AsyncOperation:

@@ -229,6 +229,12 @@ class Session:
             with anyio.CancelScope(shield=True):
                 await transport.aclose()
 
+    def _require_open(self) -> anyio.CapacityLimiter:
+        """The request limiter of an entered Session; RuntimeError outside ``async with``."""
+        if self._limiter is None or self._transport is None:
+            raise RuntimeError("use the Session as 'async with Session(...) as session:'")
+        return self._limiter
+
     def __repr__(self) -> str:
         return f"<asyncpoll.Session base_url={self._base!r} space_id={self.space_id!r}>"
 
@@ -246,10 +252,9 @@ class Session:
         :class:`AsyncpollError` subclasses of the module's error tree (after retries for
         transient ones). A single ID the server refuses with 400 raises :class:`APIError`.
         """
-        if self._limiter is None or self._transport is None:
-            # Checked here, not only in query_batch: raised inside the task group below it
-            # would reach the caller wrapped in an ExceptionGroup.
-            raise RuntimeError("use the Session as 'async with Session(...) as session:'")
+        # Checked here, not only in query_batch: raised inside the task group below it
+        # would reach the caller wrapped in an ExceptionGroup.
+        self._require_open()
         space = self._space(space_id)
         unique = validate_operation_ids(ids)
         if not unique:
@@ -368,8 +373,7 @@ class Session:
     ) -> BatchResult:
         """Send one planned batch, retrying transient failures and splitting it in halves
         on 400/414. ``previous`` lets the decoder reuse unchanged operations."""
-        if self._limiter is None or self._transport is None:
-            raise RuntimeError("use the Session as 'async with Session(...) as session:'")
+        limiter = self._require_open()
         url = self._url(space_id, ids)
         started = anyio.current_time()
         tries = 0
@@ -378,7 +382,7 @@ class Session:
             tries += 1
             token, generation = await self._current_token()
             try:
-                async with self._limiter:
+                async with limiter:
                     await self._wait_rate_limit()
                     response = await self._send(url, token)
             except TransportError as exc:

@@ -38,7 +38,7 @@ _STATE_CACHE: dict[str, OperationState] = {s.value: s for s in OperationState}
 _MAX_STATE_CACHE = 256
 
 
-def _structure_state(value: Any, _: type = OperationState) -> OperationState:
+def _structure_state(value: Any, _: type) -> OperationState:
     if not isinstance(value, str):
         return OperationState.UNKNOWN
     state = _STATE_CACHE.get(value)
@@ -145,7 +145,7 @@ def _structure_operation(entry: Any, _: type) -> AsyncOperation:
             created = tuple(str(i) for i in ids if isinstance(i, str | int))
     return AsyncOperation(
         id=op_id,
-        state=_structure_state(_first(entry, _STATE_KEYS)),
+        state=_converter.structure(_first(entry, _STATE_KEYS), OperationState),
         percent_complete=_structure_percent(_first(entry, _PERCENT_KEYS)),
         result=result,
         created_resource_ids=created,
@@ -221,8 +221,7 @@ def decode_operations(
                 append(known)
                 continue
         try:
-            # The converter's hook, called directly: this is the hot path of every poll.
-            append(_structure_operation(entry, AsyncOperation))
+            append(_converter.structure(entry, AsyncOperation))
         except _SkipEntry:
             continue
         except (cattrs.BaseValidationError, ValueError, TypeError, RecursionError) as exc:
