@@ -109,3 +109,14 @@ class OperationNotFound(AsyncpollError):
         super().__init__(f"operation {operation_id!r} not found in space {space_id!r}")
         self.operation_id = operation_id
         self.space_id = space_id
+
+
+def is_transient(error: BaseException) -> bool:
+    """The one definition of "transient": worth trying again later, by the Session's
+    retries and by the Poller's next round. Network errors, timeouts, bodies that cannot
+    be read, 429, 408, 425 and 5xx are; every other error is final for its callers."""
+    if isinstance(error, TransportError | RateLimitedError):
+        return True
+    if isinstance(error, AuthenticationError | PermissionDeniedError | SpaceNotFoundError):
+        return False
+    return isinstance(error, APIError) and (error.status >= 500 or error.status in (408, 425))

@@ -21,7 +21,6 @@ import sniffio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._errors import (
-    APIError,
     AsyncpollError,
     AuthenticationError,
     OperationFailed,
@@ -29,10 +28,11 @@ from ._errors import (
     PermissionDeniedError,
     RateLimitedError,
     SpaceNotFoundError,
-    TransportError,
+    is_transient,
 )
 from ._models import AsyncOperation, OperationState
-from ._session import BatchResult, Session, validate_operation_id, validate_space_id
+from ._session import BatchResult, Session
+from ._validation import validate_operation_id, validate_space_id
 
 __all__ = ["PollInterval", "Poller", "PollerStatistics", "ProgressEvent"]
 
@@ -121,14 +121,17 @@ class _Entry:
         "id",
         "interval",
         "operation",
+        "part",
         "seq",
         "space",
         "subscribers",
     )
 
-    def __init__(self, space: str, op_id: str, interval: float) -> None:
+    def __init__(self, space: str, op_id: str, part: str, interval: float) -> None:
         self.space = space
         self.id = op_id
+        # The encoded query part, kept while the ID is polled (no cache to bound).
+        self.part = part
         # A list: most IDs have one caller, and a one-item set costs three times the memory.
         self.subscribers: list[_Subscription] = []
         self.operation: AsyncOperation | None = None
@@ -246,12 +249,6 @@ def _signal_factory() -> _SignalFactory:
     if sniffio.current_async_library() == "asyncio":
         return _FutureSignal
     return anyio.Event
-
-
-def _is_transient(error: AsyncpollError) -> bool:
-    if isinstance(error, TransportError | RateLimitedError):
-        return True
-    return isinstance(error, APIError) and (error.status >= 500 or error.status in (408, 425))
 
 
 def _rank(state: OperationState) -> int:
@@ -386,7 +383,7 @@ class Poller:
             raise TypeError("pass a list of operation IDs, not a single string")
         keys = [(space, validate_operation_id(i)) for i in ids]
         # Refused here, at the caller: met later, in the polling loop, it would end the loop.
-        self._session.check_ids_fit((key[1] for key in keys), space_id=space)
+        self._session._encode([key[1] for key in keys], space)
         return keys
 
     async def wait(
@@ -521,7 +518,8 @@ class Poller:
                 continue
             entry = self._entries.get(key)
             if entry is None:
-                entry = _Entry(key[0], key[1], self.interval.initial)
+                part = self._session._encode([key[1]], key[0])[0]
+                entry = _Entry(key[0], key[1], part, self.interval.initial)
                 self._entries[key] = entry
                 self._schedule(entry, now)
                 fresh = True
@@ -634,18 +632,16 @@ class Poller:
             else:
                 passed.append(item)
         chosen = due + fill
-        index = {entry.id: entry for entry in chosen}
-        batches = self._session.plan_batches([e.id for e in chosen], space_id=space)
+        slices = self._session._plan([e.part for e in chosen], space)
         due_ids = len(due)
         result: list[list[_Entry]] = []
-        taken = 0
-        for batch in batches:
-            if taken >= due_ids:
+        for start, stop in slices:
+            batch = chosen[start:stop]
+            if start >= due_ids:
                 # Only riders left: they wait for their own turn.
-                passed.extend((index[i].due, index[i].seq, index[i]) for i in batch)
+                passed.extend((e.due, e.seq, e) for e in batch)
                 continue
-            taken += len(batch)
-            result.append([index[i] for i in batch])
+            result.append(batch)
         for item in passed:
             heapq.heappush(heap, item)
         return result
@@ -712,11 +708,15 @@ class Poller:
                 error: AsyncpollError | None = None
                 with flight.scope:
                     try:
-                        result = await self._session.query_batch(
-                            space, [e.id for e in live], previous
+                        result = await self._session._query_batch(
+                            space, [e.id for e in live], [e.part for e in live], previous
                         )
                     except AsyncpollError as exc:
                         error = exc
+                    except Exception as exc:
+                        # Nothing one batch raises may end the Poller: its callers get it.
+                        logger.error("status query failed unexpectedly: %s", type(exc).__name__)  # noqa: TRY400
+                        error = AsyncpollError(f"status query failed: {type(exc).__name__}")
                 for entry in live:
                     entry.flight = None
                 if error is not None:
@@ -779,12 +779,13 @@ class Poller:
 
     def _on_error(self, space: str, batch: list[_Entry], error: AsyncpollError) -> None:
         now = _now()
-        if _is_transient(error):
+        if is_transient(error):
             # Callers keep waiting until their own deadline: poll again later.
             logger.warning("status query for %d IDs failed, will retry: %s", len(batch), error)
             for entry in batch:
                 if entry.alive:
-                    self._reschedule(entry, now, False, None)
+                    floor = error.retry_after if isinstance(error, RateLimitedError) else None
+                    self._reschedule(entry, now, False, floor)
             return
         if isinstance(error, AuthenticationError):
             victims = list(self._entries.values())

@@ -9,10 +9,18 @@ from datetime import UTC, datetime
 
 import attrs
 
-__all__ = ["RetryPolicy", "parse_retry_after"]
+__all__ = ["MAX_RETRY_AFTER", "RetryPolicy", "parse_retry_after"]
 
-# A hint longer than a day is a server bug; honouring it would stall a worker for good.
-_MAX_RETRY_AFTER = 86_400.0
+#: The longest ``Retry-After`` honoured, in seconds (one day): a longer hint is a server
+#: bug, and honouring it would stall a worker for good.
+MAX_RETRY_AFTER = 86_400
+
+
+def _finite(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"RetryPolicy.{attribute.name} must be a number")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"RetryPolicy.{attribute.name} must be finite and >= 0, got {value!r}")
 
 
 @attrs.frozen
@@ -23,14 +31,16 @@ class RetryPolicy:
     Try ``attempts`` times in all. Before try *n* (from 1), sleep a random time between 0
     and ``min(maximum, initial * 2 ** (n - 1))`` seconds (full jitter), or longer if the
     server's ``Retry-After`` asks for it. Give up, raising the last error, when the next
-    sleep would end more than ``timeout`` seconds after the first try began.
+    sleep would end more than ``timeout`` seconds after the first try began; a pause
+    after a 429 that ends later than that raises :class:`~asyncpoll.RateLimitedError` at
+    once. ``Retry-After`` is honoured up to :data:`MAX_RETRY_AFTER` (one day).
     ``RetryPolicy(attempts=1)`` disables retries.
     """
 
     attempts: int = attrs.field(default=6, validator=attrs.validators.ge(1))
-    initial: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
-    maximum: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
-    timeout: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
+    initial: float = attrs.field(default=0.2, validator=_finite)
+    maximum: float = attrs.field(default=10.0, validator=_finite)
+    timeout: float = attrs.field(default=60.0, validator=_finite)
 
     def backoff(self, retry: int, rng: random.Random) -> float:
         """The jittered sleep before retry number ``retry`` (1 for the first retry)."""
@@ -61,4 +71,4 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
     if math.isnan(seconds):
         return None
-    return min(_MAX_RETRY_AFTER, max(0.0, seconds))
+    return min(float(MAX_RETRY_AFTER), max(0.0, seconds))

@@ -5,16 +5,18 @@ from __future__ import annotations
 import ipaddress
 import logging
 import random
-import re
 import reprlib
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
 import anyio
 import attrs
 
+from ._batching import encode_id, plan_batches, too_long
 from ._errors import (
     APIError,
     AsyncpollError,
@@ -22,16 +24,28 @@ from ._errors import (
     InvalidResponseError,
     PermissionDeniedError,
     RateLimitedError,
+    RequestTimeout,
+    ResponseTooLarge,
     SpaceNotFoundError,
     TransportError,
+    is_transient,
 )
 from ._models import AsyncOperation, OperationState
-from ._retry import RetryPolicy, parse_retry_after
+from ._retry import MAX_RETRY_AFTER, RetryPolicy, parse_retry_after
+from ._runtime import LoopBinding
 from ._transport import DEFAULT_MAX_RESPONSE_SIZE, AsyncTransport, Request, Response
 from ._transport import default_transport as _default_transport
+from ._validation import (
+    check_count,
+    check_seconds,
+    check_token,
+    token_problem,
+    validate_operation_ids,
+    validate_space_id,
+)
 from ._wire import Endpoint, parse_body
 
-__all__ = ["DEFAULT_BASE_URL", "Session", "TokenProvider", "validate_operation_id"]
+__all__ = ["DEFAULT_BASE_URL", "Session", "SessionStatistics", "TokenProvider"]
 
 logger = logging.getLogger("asyncpoll")
 
@@ -39,45 +53,8 @@ DEFAULT_BASE_URL = "https://api.seismic.com"
 
 TokenProvider = Callable[[], Awaitable[str]]
 
-_SPACE_RE = re.compile(r"[A-Za-z0-9_-]{7,22}")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _MAX_LOGGED_UNKNOWN_STATES = 64
-_MAX_CACHED_PARTS = 1 << 18
-
-
-def validate_space_id(space_id: object) -> str:
-    """Return ``space_id`` if it is ``default`` or 7-22 of ``[A-Za-z0-9_-]``; else ValueError."""
-    if not isinstance(space_id, str) or not _SPACE_RE.fullmatch(space_id):
-        raise ValueError(
-            f"invalid space_id {space_id!r}: expected 'default' or 7 to 22 letters, "
-            "digits, '-' or '_'"
-        )
-    return space_id
-
-
-def validate_operation_id(op_id: object) -> str:
-    """Return ``op_id`` if it is a non-empty string without control characters."""
-    if not isinstance(op_id, str):
-        raise TypeError(f"operation IDs are strings, got {type(op_id).__name__}")
-    if not op_id:
-        raise ValueError("operation IDs must not be empty")
-    if _CONTROL_RE.search(op_id):
-        raise ValueError(f"operation ID {op_id!r} contains a control character")
-    if not op_id.isascii():
-        try:
-            op_id.encode("utf-8")
-        except UnicodeEncodeError:
-            # A lone surrogate cannot be percent-encoded: refuse it here, not mid-poll.
-            raise ValueError(f"operation ID {op_id!r} is not valid Unicode") from None
-    return op_id
-
-
-def validate_operation_ids(ids: Iterable[str]) -> list[str]:
-    """Validate ``ids`` and drop duplicates, keeping first-seen order."""
-    if isinstance(ids, str | bytes):
-        raise TypeError("pass a list of operation IDs, not a single string")
-    return list(dict.fromkeys(validate_operation_id(i) for i in ids))
+_MAX_CACHED_PATHS = 1024
 
 
 def _is_loopback(host: str) -> bool:
@@ -93,9 +70,9 @@ def _is_loopback(host: str) -> bool:
 class BatchResult:
     """What one planned batch produced (internal, shared with the Poller).
 
-    ``operations`` in the order received; ``retry_after`` is a ``Retry-After`` hint that
-    came with a 200 (seconds), if any; ``id_errors`` holds IDs the server refused one by
-    one (a 400 for a single-ID request).
+    ``operations`` in the order received, each ID at most once and only IDs asked for;
+    ``retry_after`` is a ``Retry-After`` hint that came with a 200 (seconds), if any;
+    ``id_errors`` holds IDs the server refused one by one (a 400 for a single-ID request).
     """
 
     operations: list[AsyncOperation]
@@ -103,25 +80,46 @@ class BatchResult:
     id_errors: Mapping[str, APIError] = attrs.field(factory=dict)
 
 
+@attrs.frozen
+class SessionStatistics:
+    """A snapshot of a Session's work, from :meth:`Session.statistics`.
+
+    ``requests``: HTTP requests sent; ``retries``: retries made after transient failures;
+    ``rate_limit_pauses``: pauses begun after a 429; ``paused_for``: seconds left of the
+    current pause (0.0 when none).
+    """
+
+    requests: int
+    retries: int
+    rate_limit_pauses: int
+    paused_for: float
+
+
 class Session:
     """An async client of the "Get asynchronous operation status" endpoint.
 
     Use it as ``async with Session(token=...) as session:``; it opens its transport on
-    entry and closes it (and every connection) on exit.
+    entry and closes it (and every connection) on exit. It serves the event loop that
+    entered it: used from another one it raises :class:`RuntimeError`.
 
     ``token`` is the bearer token as a string, or a zero-argument async callable that
     returns the current token; a callable is called on first use and once more after a
-    401 (one refresh shared by every request in flight). The token never appears in a
+    401 (one refresh shared by every request in flight), each call bounded by
+    ``timeout``. A token must be visible ASCII (no spaces, control characters or other
+    letters): a bad string raises :class:`ValueError` here, a bad provider result
+    :class:`AuthenticationError`, before any request. The token never appears in a
     repr, log line or exception.
 
     ``space_id`` is the default space of queries. ``max_batch_size`` and
     ``max_url_length`` cap the IDs and the bytes of path and query in one request.
-    ``timeout`` is the total time of one HTTP request; ``retry`` bounds retries of
-    transient failures. ``transport`` replaces the default (aiohttp on asyncio, httpx on
-    trio); ``endpoint`` replaces the request path and response decoding. Plain
-    ``http://`` to a host that is not loopback needs ``allow_insecure_http=True``.
+    ``timeout`` bounds one whole attempt (connect, headers and body) on every transport;
+    ``retry`` bounds retries of transient failures, and each call's total time, pauses
+    after a 429 included. ``transport`` replaces the default (aiohttp on asyncio, httpx on
+    trio); ``endpoint`` replaces the request path and response decoding. Plain ``http://``
+    to a host that is not loopback needs ``allow_insecure_http=True``.
 
-    Raises :class:`ValueError` at construction for a bad URL, space ID or limit.
+    Raises :class:`ValueError` (or :class:`TypeError`) at construction for a bad URL,
+    token, space ID or limit.
     """
 
     def __init__(
@@ -144,39 +142,32 @@ class Session:
         self._base = self._check_base_url(base_url, allow_insecure_http)
         self.space_id = validate_space_id(space_id)
         if isinstance(token, str):
-            if not token or "\r" in token or "\n" in token:
-                raise ValueError("token must be a non-empty string without line breaks")
-            self._token: str | None = token
+            self._token: str | None = check_token(token)
             self._provider: TokenProvider | None = None
         elif callable(token):
             self._token = None
             self._provider = token
         else:
             raise TypeError("token must be a str or a zero-argument async callable")
-        if max_batch_size < 1:
-            raise ValueError("max_batch_size must be at least 1")
-        if max_url_length < 64:
-            raise ValueError("max_url_length must be at least 64")
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
-        if max_response_size < 1:
-            raise ValueError("max_response_size must be positive")
-        self.max_batch_size = max_batch_size
-        self.max_url_length = max_url_length
-        self.timeout = timeout
+        self.max_batch_size = check_count("max_batch_size", max_batch_size)
+        self.max_url_length = check_count("max_url_length", max_url_length, minimum=64)
+        self.timeout = check_seconds("timeout", timeout, allow_zero=False)
+        self.max_response_size = check_count("max_response_size", max_response_size)
+        self._max_connections = check_count("max_connections", max_connections)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError("retry must be a RetryPolicy")
         self.retry = retry if retry is not None else RetryPolicy()
-        self.max_response_size = max_response_size
-        self._max_connections = max_connections
         self._transport = transport
         self._generation = 0
         self._not_before = 0.0
         self._rng = random.Random()
         self._token_lock: anyio.Lock | None = None
         self._limiter: anyio.CapacityLimiter | None = None
+        self._binding: LoopBinding | None = None
         self._entered = False
-        self._logged_states: set[str] = set()
-        self._parts: dict[str, str] = {}
+        self._logged: set[str] = set()
         self._paths: dict[str, tuple[str, int]] = {}
+        self._pauses = 0
         #: Requests sent and retries made, for statistics.
         self.requests_sent = 0
         self.retries = 0
@@ -184,6 +175,8 @@ class Session:
     # -- set-up -------------------------------------------------------------------------
 
     def _check_base_url(self, base_url: str, allow_insecure_http: bool) -> str:
+        if not isinstance(base_url, str):
+            raise TypeError("base_url must be a str")
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
@@ -208,6 +201,7 @@ class Session:
         if self._entered:
             raise RuntimeError("a Session can be entered only once")
         self._entered = True
+        self._binding = LoopBinding("Session")
         self._token_lock = anyio.Lock()
         self._limiter = anyio.CapacityLimiter(self._max_connections)
         if self._transport is None:
@@ -230,9 +224,11 @@ class Session:
                 await transport.aclose()
 
     def _require_open(self) -> anyio.CapacityLimiter:
-        """The request limiter of an entered Session; RuntimeError outside ``async with``."""
-        if self._limiter is None or self._transport is None:
+        """The request limiter of an entered Session; RuntimeError outside ``async with``
+        or in another event loop."""
+        if self._limiter is None or self._transport is None or self._binding is None:
             raise RuntimeError("use the Session as 'async with Session(...) as session:'")
+        self._binding.check()
         return self._limiter
 
     def __repr__(self) -> str:
@@ -246,208 +242,186 @@ class Session:
         """Query the status of ``ids`` in one batched query, split into as many requests
         as the batch and URL caps need (sent concurrently).
 
-        IDs are deduplicated; the result is in the order the server returned them, and
-        IDs the server did not return are absent. Raises :class:`ValueError` or
+        IDs are deduplicated; the result is in the order the server returned them, each
+        ID at most once (the first answer wins) and only IDs that were asked for; IDs the
+        server did not return are absent. Raises :class:`ValueError` or
         :class:`TypeError` for bad IDs or a bad space ID before any request, and the
         :class:`AsyncpollError` subclasses of the module's error tree (after retries for
         transient ones). A single ID the server refuses with 400 raises :class:`APIError`.
         """
-        # Checked here, not only in query_batch: raised inside the task group below it
+        # Checked here, not only in _query_batch: raised inside the task group below it
         # would reach the caller wrapped in an ExceptionGroup.
         self._require_open()
         space = self._space(space_id)
         unique = validate_operation_ids(ids)
         if not unique:
             return []
-        chunks = self.plan_batches(unique, space_id=space)
+        parts = self._encode(unique, space)
+        chunks = self._plan(parts, space)
         results: list[BatchResult | None] = [None] * len(chunks)
         failure: list[Exception] = []
 
-        async def run(index: int, chunk: list[str]) -> None:
+        async def run(index: int, start: int, stop: int) -> None:
             # The first error ends the call as itself, not wrapped in an ExceptionGroup.
             try:
-                results[index] = await self.query_batch(space, chunk)
+                results[index] = await self._query_batch(
+                    space, unique[start:stop], parts[start:stop]
+                )
             except Exception as exc:
                 failure.append(exc)
                 tg.cancel_scope.cancel()
 
         async with anyio.create_task_group() as tg:
-            for index, chunk in enumerate(chunks):
-                tg.start_soon(run, index, chunk)
+            for index, (start, stop) in enumerate(chunks):
+                tg.start_soon(run, index, start, stop)
         if failure:
             raise failure[0]
-        seen: set[str] = set()
         operations: list[AsyncOperation] = []
         for result in results:
             assert result is not None
             if result.id_errors:
                 raise next(iter(result.id_errors.values()))
-            for operation in result.operations:
-                if operation.id not in seen:
-                    seen.add(operation.id)
-                    operations.append(operation)
+            operations.extend(result.operations)
         return operations
+
+    def statistics(self) -> SessionStatistics:
+        """A snapshot of the requests, retries and rate-limit pauses of this Session."""
+        paused = 0.0
+        if self._not_before and self._binding is not None:
+            paused = max(0.0, self._not_before - self._binding.clock())
+        return SessionStatistics(
+            requests=self.requests_sent,
+            retries=self.retries,
+            rate_limit_pauses=self._pauses,
+            paused_for=paused,
+        )
 
     # -- batching (shared with the Poller) ----------------------------------------------
 
     def _space(self, space_id: str | None) -> str:
         return self.space_id if space_id is None else validate_space_id(space_id)
 
-    def _path(self, space_id: str) -> str:
-        return self._space_path(space_id)[0]
-
-    def _path_length(self, space_id: str) -> int:
-        return self._space_path(space_id)[1]
-
     def _space_path(self, space_id: str) -> tuple[str, int]:
         """The URL up to the query for ``space_id``, and the length its path adds to the
-        request line (cached: every batch of every round needs them)."""
+        request line (cached for a few spaces: every batch of every round needs them)."""
         found = self._paths.get(space_id)
         if found is None:
             quoted = urllib.parse.quote(space_id, safe="")
             url = self._base + self._endpoint.path.format(space_id=quoted)
             found = (url, len(urllib.parse.urlsplit(url).path) + 1)
-            if len(self._paths) < _MAX_CACHED_PARTS:
+            if len(self._paths) < _MAX_CACHED_PATHS:
                 self._paths[space_id] = found
         return found
 
-    def _id_part(self, op_id: str) -> str:
-        # Cached: a Poller plans and sends the same IDs round after round.
-        part = self._parts.get(op_id)
-        if part is None:
-            if len(self._parts) >= _MAX_CACHED_PARTS:
-                self._parts.clear()
-            part = f"{self._endpoint.ids_param}={urllib.parse.quote(op_id, safe='')}"
-            self._parts[op_id] = part
-        return part
-
-    def plan_batches(self, ids: Sequence[str], *, space_id: str) -> list[list[str]]:
-        """Split validated, unique ``ids`` into batches within both caps, in order.
-
-        Raises :class:`ValueError` if one ID alone is too long for ``max_url_length``.
-        """
-        base = self._path_length(space_id)
-        batches: list[list[str]] = []
-        current: list[str] = []
-        length = base
-        for op_id in ids:
-            part = len(self._id_part(op_id)) + 1
-            if base + part > self.max_url_length:
-                raise self._too_long(op_id)
-            full = len(current) >= self.max_batch_size or length + part > self.max_url_length
-            if current and full:
-                batches.append(current)
-                current, length = [], base
-            current.append(op_id)
-            length += part
-        if current:
-            batches.append(current)
-        return batches
-
-    def check_ids_fit(self, ids: Iterable[str], *, space_id: str) -> None:
-        """Raise :class:`ValueError` if one of the validated ``ids`` alone is too long for
-        ``max_url_length`` (the Poller checks this when a caller registers, so that the
+    def _encode(self, ids: Sequence[str], space_id: str) -> list[str]:
+        """The query parts of validated ``ids``; :class:`ValueError` for an ID too long to
+        fit in one request (the Poller calls this when a caller registers, so that the
         polling loop never meets such an ID)."""
-        room = self.max_url_length - self._path_length(space_id) - len(self._id_part("")) - 1
-        for op_id in ids:
-            # Percent-encoded, a character takes at most 12 bytes (4 UTF-8 bytes as "%XX"):
-            # only IDs that might not fit are encoded to be sure.
-            if 12 * len(op_id) > room and len(urllib.parse.quote(op_id, safe="")) > room:
-                raise self._too_long(op_id)
+        param = self._endpoint.ids_param
+        room = self.max_url_length - self._space_path(space_id)[1]
+        parts = [encode_id(param, i) for i in ids]
+        for operation_id, part in zip(ids, parts, strict=True):
+            if len(part) + 1 > room:
+                raise too_long(operation_id, self.max_url_length)
+        return parts
 
-    def _too_long(self, op_id: str) -> ValueError:
-        return ValueError(
-            f"operation ID {op_id[:40]!r}... is too long for max_url_length={self.max_url_length}"
+    def _plan(self, parts: Sequence[str], space_id: str) -> list[tuple[int, int]]:
+        return plan_batches(
+            parts,
+            base_length=self._space_path(space_id)[1],
+            max_batch_size=self.max_batch_size,
+            max_url_length=self.max_url_length,
         )
-
-    def _url(self, space_id: str, ids: Sequence[str]) -> str:
-        return self._path(space_id) + "?" + "&".join(self._id_part(i) for i in ids)
 
     # -- one batch, with retries, refresh and splitting ---------------------------------
 
-    async def query_batch(
+    async def _query_batch(
         self,
         space_id: str,
         ids: Sequence[str],
+        parts: Sequence[str],
         previous: Mapping[str, AsyncOperation] | None = None,
     ) -> BatchResult:
-        """Send one planned batch, retrying transient failures and splitting it in halves
-        on 400/414. ``previous`` lets the decoder reuse unchanged operations."""
+        """Send one planned batch (``parts`` are the encoded ``ids``), retrying transient
+        failures and splitting it in halves on 400/414. ``previous`` lets the decoder
+        reuse unchanged operations."""
         limiter = self._require_open()
-        url = self._url(space_id, ids)
+        url = self._space_path(space_id)[0] + "?" + "&".join(parts)
         started = anyio.current_time()
+        deadline = started + self.retry.timeout
         tries = 0
         refreshed = False
         while True:
             tries += 1
             token, generation = await self._current_token()
             try:
+                await self._wait_rate_limit(deadline)
                 async with limiter:
-                    await self._wait_rate_limit()
+                    await self._wait_rate_limit(deadline)
                     response = await self._send(url, token)
+                if response.status == 200:
+                    return self._read(response, url, ids, previous)
             except TransportError as exc:
                 await self._backoff(exc, tries, started, None)
                 continue
             status = response.status
-            if status == 200:
-                try:
-                    operations = list(self._endpoint.decode(parse_body(response.body), previous))
-                except InvalidResponseError as exc:
-                    await self._backoff(exc, tries, started, None)
-                    continue
-                self._note_unknown_states(operations)
-                hint = parse_retry_after(response.headers.get("retry-after"))
-                return BatchResult(operations, retry_after=hint)
-            if status == 401:
-                if self._provider is not None and not refreshed:
-                    refreshed = True
-                    tries -= 1
-                    await self._refresh(generation)
-                    continue
-                raise AuthenticationError(
-                    "401 Unauthorized: the token is missing, expired or invalid"
-                    + (" (after one refresh)" if refreshed else ""),
-                    status=401,
-                    body=response.body,
-                )
-            if status in (400, 414):
-                return await self._split(space_id, ids, previous, response)
-            if status == 403:
-                raise PermissionDeniedError(
-                    f"403 Forbidden: no view/manage access to space {space_id!r}",
-                    status=403,
-                    body=response.body,
-                )
-            if status == 404:
-                raise SpaceNotFoundError(
-                    f"404 Not Found: space {space_id!r} does not exist",
-                    status=404,
-                    body=response.body,
-                )
-            if status in _TRANSIENT_STATUSES or status >= 500:
-                hint = parse_retry_after(response.headers.get("retry-after"))
-                if status == 429:
-                    self._pause(hint if hint is not None else self.retry.backoff(tries, self._rng))
-                    error: AsyncpollError = RateLimitedError(
-                        "429 Too Many Requests", body=response.body, retry_after=hint
-                    )
-                else:
-                    error = APIError(f"{status} from the server", status=status, body=response.body)
-                await self._backoff(error, tries, started, hint)
+            if status == 401 and self._provider is not None and not refreshed:
+                refreshed = True
+                tries -= 1
+                await self._refresh(generation)
                 continue
-            if 300 <= status < 400:
-                raise APIError(
-                    f"{status} redirect refused: asyncpoll never follows redirects "
-                    "(the token must not travel to another URL)",
-                    status=status,
-                    body=response.body,
-                )
-            raise APIError(f"unexpected status {status}", status=status, body=response.body)
+            if status in (400, 414):
+                return await self._split(space_id, ids, parts, previous, response)
+            error = self._status_error(response, space_id, url, refreshed)
+            if not is_transient(error):
+                raise error
+            hint = parse_retry_after(response.headers.get("retry-after"))
+            if status == 429:
+                self._pause(hint if hint is not None else self.retry.backoff(tries, self._rng))
+            await self._backoff(error, tries, started, hint)
+
+    def _status_error(
+        self, response: Response, space_id: str, url: str, refreshed: bool
+    ) -> APIError:
+        """The one exception each non-200 status becomes."""
+        status, body = response.status, response.body
+        if status == 401:
+            return AuthenticationError(
+                "401 Unauthorized: the token is missing, expired or invalid"
+                + (" (after one refresh)" if refreshed else ""),
+                status=401,
+                body=body,
+            )
+        if status == 403:
+            return PermissionDeniedError(
+                f"403 Forbidden: no view/manage access to space {space_id!r}",
+                status=403,
+                body=body,
+            )
+        if status == 404:
+            message = f"404 Not Found: space {space_id!r} does not exist"
+            if not _looks_like_json(body):
+                message += f" (or the base URL or endpoint path is wrong: GET {_where(url)})"
+            return SpaceNotFoundError(message, status=404, body=body)
+        if status == 429:
+            hint = parse_retry_after(response.headers.get("retry-after"))
+            return RateLimitedError("429 Too Many Requests", body=body, retry_after=hint)
+        if 300 <= status < 400:
+            return APIError(
+                f"{status} redirect refused: asyncpoll never follows redirects "
+                "(the token must not travel to another URL)",
+                status=status,
+                body=body,
+            )
+        if status >= 500 or status in (408, 425):
+            return APIError(f"{status} from the server", status=status, body=body)
+        return APIError(f"unexpected status {status}", status=status, body=body)
 
     async def _split(
         self,
         space_id: str,
         ids: Sequence[str],
+        parts: Sequence[str],
         previous: Mapping[str, AsyncOperation] | None,
         response: Response,
     ) -> BatchResult:
@@ -460,8 +434,8 @@ class Session:
             return BatchResult([], id_errors={ids[0]: error})
         half = len(ids) // 2
         logger.debug("%s for a batch of %d IDs; retrying as two halves", response.status, len(ids))
-        first = await self.query_batch(space_id, ids[:half], previous)
-        second = await self.query_batch(space_id, ids[half:], previous)
+        first = await self._query_batch(space_id, ids[:half], parts[:half], previous)
+        second = await self._query_batch(space_id, ids[half:], parts[half:], previous)
         hints = [h for h in (first.retry_after, second.retry_after) if h is not None]
         return BatchResult(
             first.operations + second.operations,
@@ -484,27 +458,122 @@ class Session:
         )
         self.requests_sent += 1
         started = anyio.current_time()
-        response = await self._transport.handle_request(request)
-        logger.debug(
-            "GET %s -> %d (%d bytes, %.1f ms)",
-            url,
-            response.status,
-            len(response.body),
-            (anyio.current_time() - started) * 1000,
-        )
+        response: Response | None = None
+        failure: str | None = None
+        # The whole attempt, whatever the transport does with its own timeouts.
+        with anyio.move_on_after(self.timeout):
+            try:
+                response = await self._transport.handle_request(request)
+            except TransportError:
+                raise
+            except Exception as exc:
+                # A transport must raise only TransportError; a mock or a third-party one
+                # may not. Its exception is described, not chained (it may hold headers).
+                failure = f"{type(exc).__name__}: {str(exc)[:200]}".replace(token, "[redacted]")
+        if failure is not None:
+            raise AsyncpollError(
+                f"the transport {type(self._transport).__name__} failed: {failure}"
+            )
+        if response is None:
+            raise RequestTimeout(f"no complete response within {self.timeout} s")
+        if len(response.body) > self.max_response_size:
+            raise ResponseTooLarge(f"response body exceeds {self.max_response_size} bytes")
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "GET %s -> %d (%d bytes, %.1f ms)",
+                url,
+                response.status,
+                len(response.body),
+                (anyio.current_time() - started) * 1000,
+            )
         return response
+
+    # -- reading a 200 ------------------------------------------------------------------
+
+    def _read(
+        self,
+        response: Response,
+        url: str,
+        ids: Sequence[str],
+        previous: Mapping[str, AsyncOperation] | None,
+    ) -> BatchResult:
+        """Decode a 200; keep each asked-for ID once (the first answer wins)."""
+        problem: str | None = None
+        cause: BaseException | None = None
+        decoded: list[Any] = []
+        try:
+            decoded = list(self._endpoint.decode(parse_body(response.body), previous))
+        except InvalidResponseError as exc:
+            problem = str(exc)
+            cause = exc.__cause__
+        except Exception as exc:
+            # A custom decoder met a body of another shape: an invalid response, retried.
+            # Its exception stays the cause (a decoder never sees the token).
+            problem = f"the endpoint's decoder raised {type(exc).__name__}: {str(exc)[:200]}"
+            cause = exc
+        if problem is None and not all(isinstance(op, AsyncOperation) for op in decoded):
+            problem = "the endpoint's decoder returned something other than AsyncOperation"
+        if problem is not None:
+            raise InvalidResponseError(
+                f"{problem} (is GET {_where(url)} the status endpoint? the base URL or "
+                "endpoint path may be wrong)"
+            ) from cause
+        asked = set(ids)
+        seen: set[str] = set()
+        operations: list[AsyncOperation] = []
+        for operation in decoded:
+            op_id = operation.id
+            if op_id in seen or op_id not in asked:
+                self._note_once(
+                    "duplicate" if op_id in seen else "unasked",
+                    "the server answered an operation ID %s; asyncpoll ignores such entries "
+                    "(logged once per Session)",
+                    "twice in one body (the first answer is kept)"
+                    if op_id in seen
+                    else "that was not asked for",
+                )
+                continue
+            seen.add(op_id)
+            operations.append(operation)
+            if operation.state is OperationState.UNKNOWN:
+                self._note_unknown_state(operation)
+        hint = parse_retry_after(response.headers.get("retry-after"))
+        return BatchResult(operations, retry_after=hint)
 
     # -- rate limits and backoff --------------------------------------------------------
 
     def _pause(self, seconds: float) -> None:
         """After a 429: no request to this host before ``seconds`` from now."""
-        self._not_before = max(self._not_before, anyio.current_time() + seconds)
+        now = anyio.current_time()
+        end = now + seconds
+        if end <= self._not_before:
+            return
+        if self._not_before <= now or end - self._not_before >= 1.0:
+            self._pauses += 1
+            until = datetime.fromtimestamp(time.time() + seconds, UTC)
+            logger.warning(
+                "rate limited (429): no request of this Session starts for %.1f s, until "
+                "%s UTC (Retry-After is capped at %d s); a call whose retry budget ends "
+                "sooner raises RateLimitedError at once",
+                seconds,
+                until.strftime("%Y-%m-%d %H:%M:%S"),
+                MAX_RETRY_AFTER,
+            )
+        self._not_before = end
 
-    async def _wait_rate_limit(self) -> None:
+    async def _wait_rate_limit(self, deadline: float) -> None:
+        """Sleep through a pause, or raise RateLimitedError if it outlasts ``deadline``."""
         while True:
-            delay = self._not_before - anyio.current_time()
+            now = anyio.current_time()
+            delay = self._not_before - now
             if delay <= 0:
                 return
+            if self._not_before > deadline:
+                raise RateLimitedError(
+                    f"429: the server paused this Session for another {delay:.1f} s, past "
+                    f"this call's retry budget (RetryPolicy.timeout={self.retry.timeout} s)",
+                    retry_after=delay,
+                )
             await anyio.sleep(delay)
 
     async def _backoff(
@@ -518,7 +587,8 @@ class Session:
         if tries >= self.retry.attempts or elapsed + delay > self.retry.timeout:
             raise error
         self.retries += 1
-        logger.debug("retry %d in %.2f s after %s", tries, delay, error)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("retry %d in %.2f s after %s", tries, delay, error)
         await anyio.sleep(delay)
 
     # -- tokens -------------------------------------------------------------------------
@@ -542,34 +612,53 @@ class Session:
 
     async def _call_provider(self) -> str:
         assert self._provider is not None
-        try:
-            token = await self._provider()
-        except Exception as exc:
+        token: object = None
+        with anyio.move_on_after(self.timeout) as scope:
+            try:
+                token = await self._provider()
+            except Exception as exc:
+                raise AuthenticationError(
+                    f"the token provider raised {type(exc).__name__}", status=401
+                ) from exc
+        if scope.cancelled_caught:
             raise AuthenticationError(
-                f"the token provider raised {type(exc).__name__}", status=401
-            ) from exc
-        if not isinstance(token, str) or not token or "\r" in token or "\n" in token:
-            raise AuthenticationError(
-                "the token provider must return a non-empty string without line breaks",
-                status=401,
+                f"the token provider did not return within {self.timeout} s", status=401
             )
+        problem = token_problem(token)
+        if problem is not None:
+            raise AuthenticationError(
+                f"the token provider returned an unusable token: {problem}", status=401
+            )
+        assert isinstance(token, str)
         return token
 
     # -- diagnostics --------------------------------------------------------------------
 
-    def _note_unknown_states(self, operations: list[AsyncOperation]) -> None:
-        for operation in operations:
-            if operation.state is OperationState.UNKNOWN:
-                raw: Any = operation.raw.get("state", operation.raw.get("status"))
-                # reprlib: bounded in depth and length, whatever the server sent.
-                key = reprlib.repr(raw)[:80]
-                if key not in self._logged_states and len(self._logged_states) < (
-                    _MAX_LOGGED_UNKNOWN_STATES
-                ):
-                    self._logged_states.add(key)
-                    logger.warning(
-                        "unknown operation state %s (operation %r); treating it as not "
-                        "terminal and polling on",
-                        key,
-                        operation.id,
-                    )
+    def _note_once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            logger.warning(message, *args)
+
+    def _note_unknown_state(self, operation: AsyncOperation) -> None:
+        raw: Any = operation.raw.get("state", operation.raw.get("status"))
+        # reprlib: bounded in depth and length, whatever the server sent.
+        key = "state " + reprlib.repr(raw)[:80]
+        if key not in self._logged and len(self._logged) < _MAX_LOGGED_UNKNOWN_STATES:
+            self._logged.add(key)
+            logger.warning(
+                "unknown operation state %s (operation %r); treating it as not "
+                "terminal and polling on",
+                key[6:],
+                operation.id,
+            )
+
+
+def _looks_like_json(body: bytes) -> bool:
+    start = body.lstrip()[:1]
+    return start in (b"{", b"[")
+
+
+def _where(url: str) -> str:
+    """Host and path of ``url``, without the query (the IDs), for messages."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"

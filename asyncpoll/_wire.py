@@ -6,6 +6,8 @@ The one private cattrs converter lives here; the models know nothing of the wire
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import reprlib
 from collections.abc import Callable, Iterable, Mapping
@@ -20,6 +22,8 @@ from ._errors import InvalidResponseError
 from ._models import AsyncOperation, OperationError, OperationState
 
 __all__ = ["DEFAULT_PATH", "Endpoint", "decode_operations", "parse_body"]
+
+logger = logging.getLogger("asyncpoll")
 
 DEFAULT_PATH = "/programs/v2/spaces/{space_id}/asyncOperations"
 
@@ -60,7 +64,7 @@ def _structure_percent(value: Any) -> float | None:
     if not isinstance(value, int | float):
         return None
     number = float(value)
-    if math.isnan(number):
+    if not math.isfinite(number):
         return None
     # Clamped: a progress figure outside 0..100 is the server's rounding, not news.
     return min(100.0, max(0.0, number))
@@ -169,12 +173,32 @@ def parse_body(body: bytes) -> Any:
     """Parse a response body as JSON; raise :class:`InvalidResponseError` if it is not.
 
     orjson refuses documents nested deeper than 1024 levels, which keeps a hostile body
-    from exhausting the stack.
+    from exhausting the stack. A UTF-8 byte order mark is skipped (RFC 8259 allows a
+    reader to), and a document that orjson refuses only for a number beyond the range of
+    a double (``1e400``) is read by the standard library instead, the number as infinity
+    (a percentage then reads as unknown).
     """
+    if body.startswith(_BOM):
+        body = body[len(_BOM) :]
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidResponseError(f"response body is not valid JSON: {exc}") from exc
+        cause: Exception = exc
+    if "infinity" in str(cause):
+        try:
+            return json.loads(body, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as exc:
+            cause = exc
+    # Chained outside the handler; the parser's error holds only the body's position.
+    raise InvalidResponseError(f"response body is not valid JSON: {str(cause)[:300]}") from cause
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; orjson refuses them too.
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _entries_of(document: Any) -> list[Any]:
@@ -202,7 +226,8 @@ def decode_operations(
     list wrapped under ``asyncOperations``, ``items``, ``value`` or ``data``; ``state`` or
     ``status``; ``percentComplete``, ``progress`` or ``percentage`` (number or numeric
     string); the error as an object, a string, ``errorMessage`` or ``errors``. Entries that
-    are not objects with a string ID are skipped.
+    are not objects with a string ID are skipped, and so is an entry that cannot be read
+    (one bad entry fails only itself: its ID reads as absent from this answer).
 
     ``previous`` maps IDs to the operations last decoded for them: an entry equal to the
     ``raw`` of its previous operation is not structured again, the previous object is
@@ -225,8 +250,10 @@ def decode_operations(
         except _SkipEntry:
             continue
         except (cattrs.BaseValidationError, ValueError, TypeError, RecursionError) as exc:
+            # One unreadable entry fails only itself: it reads as absent from this answer.
             # RecursionError: a safety net for values nested about a thousand deep.
-            raise InvalidResponseError(f"cannot read an operation entry: {exc!r}") from exc
+            logger.debug("skipping an operation entry that cannot be read: %s", type(exc).__name__)
+            continue
     return operations
 
 

@@ -964,7 +964,7 @@ async def exchange(session: Session, status: int) -> None:
         assert all(isinstance(op, AsyncOperation) and op.id for op in operations)
         previous = {op.id: op for op in operations}
         try:
-            result = await session.query_batch("default", ["x"], previous)
+            result = await session._query_batch("default", ["x"], ["asyncOperationIds=x"], previous)
         except InvalidResponseError:
             continue
         assert all(isinstance(op, AsyncOperation) for op in result.operations)

@@ -453,7 +453,15 @@ async def test_429_pauses_every_request_to_the_host(server: SimulatedServer) -> 
             await session.get_operations([op_id])
         assert info.value.status == 429
         assert info.value.retry_after == pytest.approx(0.4)
-        # ... and the next call, for other IDs too, waits for the pause to end.
+        # ... and the next call, whose own budget ends before the pause does, raises at
+        # once without a request (it would otherwise block past its budget) ...
+        with pytest.raises(RateLimitedError) as again:
+            await session.get_operations(["another-id"])
+        assert 0 < (again.value.retry_after or 0) <= 0.4
+        assert len(server.requests) == 1
+        assert session.statistics().rate_limit_pauses == 1
+        # ... and once the pause has passed, requests start again.
+        await anyio.sleep(0.4)
         assert await session.get_operations(["another-id"]) == []
     first, second = server.requests
     assert (first.status, second.status) == (429, 200)

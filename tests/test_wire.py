@@ -491,7 +491,7 @@ async def test_custom_endpoint_with_a_session() -> None:
             "payload": {
                 "jobs": [
                     {"id": "j1", "status": "DONE_OK", "progress": "100"},
-                    {"id": "j2", "status": "running", "progress": "10"},
+                    {"id": "j 2", "status": "running", "progress": "10"},
                 ]
             }
         }
@@ -519,7 +519,7 @@ async def test_custom_endpoint_with_a_session() -> None:
 
     assert [(op.id, op.state, op.percent_complete) for op in operations] == [
         ("j1", S.SUCCEEDED, 100.0),
-        ("j2", S.RUNNING, 10.0),
+        ("j 2", S.RUNNING, 10.0),
     ]
     assert [r.url for r in seen] == [
         "https://jobs.example.com/api/v3/spaces/space_123/jobs?jobId=j1&jobId=j%202"
@@ -552,7 +552,7 @@ def test_endpoint_path_must_contain_space_id() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_broken_custom_decoder_raises_its_own_error_unwrapped() -> None:
+async def test_a_broken_custom_decoder_is_an_invalid_response_caused_by_its_error() -> None:
     def decode(document: Any, previous: Mapping[str, AsyncOperation] | None) -> list[Any]:
         raise KeyError("payload")
 
@@ -563,9 +563,11 @@ async def test_a_broken_custom_decoder_raises_its_own_error_unwrapped() -> None:
         endpoint=Endpoint(decode=decode),
         transport=transport,
         max_batch_size=1,
+        retry=asyncpoll.RetryPolicy(attempts=2, initial=0.001, maximum=0.01),
     ) as session:
-        with pytest.raises(KeyError, match="payload"):
+        with pytest.raises(InvalidResponseError, match="decoder raised KeyError") as caught:
             await session.get_operations(["a", "b", "c"])
+    assert isinstance(caught.value.__cause__, KeyError)
 
 
 @pytest.mark.parametrize("empty", [None, "", {}, [], False])

@@ -61,7 +61,8 @@ from .._errors import (
 )
 from .._models import AsyncOperation, OperationState
 from .._poller import Poller, PollerStatistics, PollInterval, ProgressEvent
-from .._session import DEFAULT_BASE_URL, Session, validate_operation_ids
+from .._session import DEFAULT_BASE_URL, Session
+from .._validation import validate_operation_ids
 from ._output import (
     EXIT_FAILED,
     EXIT_INTERNAL,

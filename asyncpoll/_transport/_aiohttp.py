@@ -5,8 +5,9 @@ from __future__ import annotations
 import aiohttp
 import yarl
 
-from .._errors import ConnectError, RequestTimeout, ResponseTooLarge, TransportError
+from .._errors import ConnectError, RequestTimeout, TransportError
 from ._base import Request, Response
+from ._body import ACCEPT_ENCODING, BodyReader, LibraryError
 
 __all__ = ["AiohttpTransport"]
 
@@ -18,11 +19,17 @@ class AiohttpTransport:
 
     Keeps one ``aiohttp.ClientSession`` with up to ``max_connections`` pooled keep-alive
     connections, created on first use inside the running loop. Redirects are never
-    followed; every request has a total timeout. aiohttp's exceptions are translated to
-    :class:`~asyncpoll.TransportError` subclasses.
+    followed, no cookie is stored or sent, every request has a total timeout, and bodies
+    are decoded (gzip, deflate) under the size cap while they stream. aiohttp's
+    exceptions become :class:`~asyncpoll.TransportError` subclasses that carry neither
+    aiohttp's exception nor the request's headers.
     """
 
     def __init__(self, *, max_connections: int = 16) -> None:
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise TypeError("max_connections must be an int")
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -36,39 +43,46 @@ class AiohttpTransport:
                 cookie_jar=aiohttp.DummyCookieJar(),
                 raise_for_status=False,
                 trust_env=False,
+                # Decoded by BodyReader instead, under the size cap.
+                auto_decompress=False,
             )
         return self._session
 
     async def handle_request(self, request: Request) -> Response:
         """Send ``request`` and read the whole body (up to ``request.max_response_size``)."""
         client = self._client()
+        headers = {"Accept-Encoding": ACCEPT_ENCODING, **request.headers}
+        error: TransportError
+        cause: LibraryError
         try:
             async with client.request(
                 request.method,
                 yarl.URL(request.url, encoded=True),
-                headers=dict(request.headers),
+                headers=headers,
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=request.timeout),
             ) as response:
-                length = response.content_length
-                limit = request.max_response_size
-                if length is not None and length > limit:
-                    raise ResponseTooLarge(f"response body of {length} bytes exceeds {limit}")
-                chunks: list[bytes] = []
-                size = 0
+                reader = BodyReader(
+                    request.max_response_size,
+                    content_encoding=response.headers.get("Content-Encoding"),
+                    content_length=response.content_length,
+                )
                 async for chunk in response.content.iter_chunked(_CHUNK):
-                    size += len(chunk)
-                    if size > limit:
-                        raise ResponseTooLarge(f"response body exceeds {limit} bytes")
-                    chunks.append(chunk)
-                headers = {k.lower(): v for k, v in response.headers.items()}
-                return Response(status=response.status, headers=headers, body=b"".join(chunks))
+                    reader.feed(chunk)
+                body = reader.finish()
+                headers_out = {k.lower(): v for k, v in response.headers.items()}
+                return Response(status=response.status, headers=headers_out, body=body)
         except TransportError:
             raise
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise RequestTimeout(f"no complete response within {request.timeout} s") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise ConnectError(f"{type(exc).__name__}: {_safe(exc)}") from exc
+            error = RequestTimeout(f"no complete response within {request.timeout} s")
+            cause = LibraryError.of(exc, request.headers)
+        except (aiohttp.ClientError, OSError, ValueError, UnicodeError) as exc:
+            cause = LibraryError.of(exc, request.headers)
+            error = ConnectError(str(cause))
+        # Raised here, outside the handler: aiohttp's exception must not ride along as
+        # __context__ (the repr of its request_info shows the Authorization header).
+        raise error from cause
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
@@ -76,8 +90,3 @@ class AiohttpTransport:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
-
-
-def _safe(exc: BaseException) -> str:
-    # aiohttp messages name the URL but never the headers, so the token cannot appear.
-    return str(exc)[:300]

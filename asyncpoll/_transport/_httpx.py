@@ -2,23 +2,43 @@
 
 from __future__ import annotations
 
+import http.cookiejar
 from typing import Any
 
-from .._errors import ConnectError, RequestTimeout, ResponseTooLarge, TransportError
+import anyio
+
+from .._errors import ConnectError, RequestTimeout, TransportError
 from ._base import Request, Response
+from ._body import ACCEPT_ENCODING, BodyReader, LibraryError
 
 __all__ = ["HttpxTransport"]
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """Refuses every cookie, so httpx's client-wide jar stays empty."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
 
 
 class HttpxTransport:
     """An :class:`~asyncpoll.AsyncTransport` over httpx (works on asyncio and trio).
 
-    Needs the ``asyncpoll[trio]`` extra. Redirects are never followed; every request has
-    a total timeout; httpx's exceptions are translated to
-    :class:`~asyncpoll.TransportError` subclasses.
+    Needs the ``asyncpoll[trio]`` extra. Redirects are never followed, no cookie is
+    stored or sent, every request has a total timeout, and bodies are read raw and
+    decoded (gzip, deflate) under the size cap while they stream. httpx's exceptions
+    become :class:`~asyncpoll.TransportError` subclasses that carry neither httpx's
+    exception nor the request's headers.
     """
 
     def __init__(self, *, max_connections: int = 16) -> None:
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise TypeError("max_connections must be an int")
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         try:
             import httpx
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -29,6 +49,7 @@ class HttpxTransport:
         self._client = httpx.AsyncClient(
             follow_redirects=False,
             trust_env=False,
+            cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
@@ -37,36 +58,47 @@ class HttpxTransport:
     async def handle_request(self, request: Request) -> Response:
         """Send ``request`` and read the whole body (up to ``request.max_response_size``)."""
         httpx = self._httpx
+        error: TransportError
+        cause: LibraryError
         try:
-            req = self._client.build_request(
-                request.method,
-                httpx.URL(request.url),
-                headers=dict(request.headers),
-                timeout=httpx.Timeout(request.timeout),
-            )
-            response = await self._client.send(req, stream=True)
-            try:
-                limit = request.max_response_size
-                length = response.headers.get("content-length")
-                if length is not None and length.isdigit() and int(length) > limit:
-                    raise ResponseTooLarge(f"response body of {length} bytes exceeds {limit}")
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > limit:
-                        raise ResponseTooLarge(f"response body exceeds {limit} bytes")
-                    chunks.append(chunk)
-            finally:
-                await response.aclose()
-            headers = {k.lower(): v for k, v in response.headers.items()}
-            return Response(status=response.status_code, headers=headers, body=b"".join(chunks))
+            # httpx's timeouts restart on every byte: the scope bounds the whole exchange.
+            with anyio.fail_after(request.timeout):
+                return await self._exchange(request)
         except TransportError:
             raise
-        except httpx.TimeoutException as exc:
-            raise RequestTimeout(f"no complete response within {request.timeout} s") from exc
-        except (httpx.HTTPError, httpx.StreamError, OSError) as exc:
-            raise ConnectError(f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            error = RequestTimeout(f"no complete response within {request.timeout} s")
+            cause = LibraryError.of(exc, request.headers)
+        except (httpx.HTTPError, httpx.StreamError, OSError, ValueError, UnicodeError) as exc:
+            cause = LibraryError.of(exc, request.headers)
+            error = ConnectError(str(cause))
+        # Raised outside the handler, so that httpx's exception is not its __context__.
+        raise error from cause
+
+    async def _exchange(self, request: Request) -> Response:
+        httpx = self._httpx
+        req = self._client.build_request(
+            request.method,
+            httpx.URL(request.url),
+            headers={"Accept-Encoding": ACCEPT_ENCODING, **request.headers},
+            timeout=httpx.Timeout(request.timeout),
+        )
+        response = await self._client.send(req, stream=True)
+        try:
+            reader = BodyReader(
+                request.max_response_size,
+                content_encoding=response.headers.get("content-encoding"),
+                content_length=response.headers.get("content-length"),
+            )
+            # Raw bytes: httpx would inflate a whole chunk at once, past any cap.
+            async for chunk in response.aiter_raw():
+                reader.feed(chunk)
+            body = reader.finish()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+        headers = {k.lower(): v for k, v in response.headers.items()}
+        return Response(status=response.status_code, headers=headers, body=body)
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
