@@ -117,6 +117,4 @@ def is_transient(error: BaseException) -> bool:
     be read, 429, 408, 425 and 5xx are; every other error is final for its callers."""
     if isinstance(error, TransportError | RateLimitedError):
         return True
-    if isinstance(error, AuthenticationError | PermissionDeniedError | SpaceNotFoundError):
-        return False
     return isinstance(error, APIError) and (error.status >= 500 or error.status in (408, 425))

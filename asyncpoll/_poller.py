@@ -383,7 +383,7 @@ class Poller:
             raise TypeError("pass a list of operation IDs, not a single string")
         keys = [(space, validate_operation_id(i)) for i in ids]
         # Refused here, at the caller: met later, in the polling loop, it would end the loop.
-        self._session._encode([key[1] for key in keys], space)
+        self._session._check_fit([key[1] for key in keys], space)
         return keys
 
     async def wait(
@@ -518,7 +518,7 @@ class Poller:
                 continue
             entry = self._entries.get(key)
             if entry is None:
-                part = self._session._encode([key[1]], key[0])[0]
+                part = self._session._encode_one(key[1])
                 entry = _Entry(key[0], key[1], part, self.interval.initial)
                 self._entries[key] = entry
                 self._schedule(entry, now)
@@ -782,9 +782,9 @@ class Poller:
         if is_transient(error):
             # Callers keep waiting until their own deadline: poll again later.
             logger.warning("status query for %d IDs failed, will retry: %s", len(batch), error)
+            floor = error.retry_after if isinstance(error, RateLimitedError) else None
             for entry in batch:
                 if entry.alive:
-                    floor = error.retry_after if isinstance(error, RateLimitedError) else None
                     self._reschedule(entry, now, False, floor)
             return
         if isinstance(error, AuthenticationError):

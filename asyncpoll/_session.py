@@ -35,6 +35,7 @@ from ._retry import MAX_RETRY_AFTER, RetryPolicy, parse_retry_after
 from ._runtime import LoopBinding
 from ._transport import DEFAULT_MAX_RESPONSE_SIZE, AsyncTransport, Request, Response
 from ._transport import default_transport as _default_transport
+from ._transport._body import redact
 from ._validation import (
     check_count,
     check_seconds,
@@ -315,15 +316,28 @@ class Session:
 
     def _encode(self, ids: Sequence[str], space_id: str) -> list[str]:
         """The query parts of validated ``ids``; :class:`ValueError` for an ID too long to
-        fit in one request (the Poller calls this when a caller registers, so that the
+        fit in one request."""
+        self._check_fit(ids, space_id)
+        param = self._endpoint.ids_param
+        return [encode_id(param, i) for i in ids]
+
+    def _check_fit(self, ids: Iterable[str], space_id: str) -> None:
+        """:class:`ValueError` if one of the validated ``ids`` alone is too long for
+        ``max_url_length`` (the Poller checks this when a caller registers, so that the
         polling loop never meets such an ID)."""
         param = self._endpoint.ids_param
-        room = self.max_url_length - self._space_path(space_id)[1]
-        parts = [encode_id(param, i) for i in ids]
-        for operation_id, part in zip(ids, parts, strict=True):
-            if len(part) + 1 > room:
+        room = self.max_url_length - self._space_path(space_id)[1]  # for "&param=ID"
+        for operation_id in ids:
+            # Percent-encoded, a character takes at most 12 bytes (4 UTF-8 bytes as "%XX"):
+            # only IDs that might not fit are encoded to be sure.
+            if len(param) + 2 + 12 * len(operation_id) <= room:
+                continue
+            if len(encode_id(param, operation_id)) + 1 > room:
                 raise too_long(operation_id, self.max_url_length)
-        return parts
+
+    def _encode_one(self, operation_id: str) -> str:
+        """The query part of one ID already checked by :meth:`_check_fit`."""
+        return encode_id(self._endpoint.ids_param, operation_id)
 
     def _plan(self, parts: Sequence[str], space_id: str) -> list[tuple[int, int]]:
         return plan_batches(
@@ -355,6 +369,8 @@ class Session:
             tries += 1
             token, generation = await self._current_token()
             try:
+                # Waited out before taking a connection slot, and checked again inside:
+                # a 429 answered while this call queued for a slot starts a new pause.
                 await self._wait_rate_limit(deadline)
                 async with limiter:
                     await self._wait_rate_limit(deadline)
@@ -469,7 +485,7 @@ class Session:
             except Exception as exc:
                 # A transport must raise only TransportError; a mock or a third-party one
                 # may not. Its exception is described, not chained (it may hold headers).
-                failure = f"{type(exc).__name__}: {str(exc)[:200]}".replace(token, "[redacted]")
+                failure = redact(f"{type(exc).__name__}: {str(exc)[:200]}", request.headers)
         if failure is not None:
             raise AsyncpollError(
                 f"the transport {type(self._transport).__name__} failed: {failure}"
@@ -523,15 +539,11 @@ class Session:
         operations: list[AsyncOperation] = []
         for operation in decoded:
             op_id = operation.id
-            if op_id in seen or op_id not in asked:
-                self._note_once(
-                    "duplicate" if op_id in seen else "unasked",
-                    "the server answered an operation ID %s; asyncpoll ignores such entries "
-                    "(logged once per Session)",
-                    "twice in one body (the first answer is kept)"
-                    if op_id in seen
-                    else "that was not asked for",
-                )
+            if op_id in seen:
+                self._note_once("the server answered an operation ID twice in one body")
+                continue
+            if op_id not in asked:
+                self._note_once("the server answered an operation ID that was not asked for")
                 continue
             seen.add(op_id)
             operations.append(operation)
@@ -634,10 +646,14 @@ class Session:
 
     # -- diagnostics --------------------------------------------------------------------
 
-    def _note_once(self, key: str, message: str, *args: object) -> None:
-        if key not in self._logged:
-            self._logged.add(key)
-            logger.warning(message, *args)
+    def _note_once(self, what: str) -> None:
+        if what not in self._logged:
+            self._logged.add(what)
+            logger.warning(
+                "%s; asyncpoll keeps the first answer of each ID asked for and ignores the "
+                "rest (logged once per Session)",
+                what,
+            )
 
     def _note_unknown_state(self, operation: AsyncOperation) -> None:
         raw: Any = operation.raw.get("state", operation.raw.get("status"))

@@ -13,6 +13,7 @@ __all__ = [
     "check_count",
     "check_seconds",
     "check_token",
+    "token_problem",
     "validate_operation_id",
     "validate_operation_ids",
     "validate_space_id",
@@ -72,17 +73,14 @@ def token_problem(token: object) -> str | None:
         return None
     if token != token.strip():
         return "the token has leading or trailing whitespace (strip it when reading a file)"
-    for position, char in enumerate(token):
-        if not _TOKEN_RE.fullmatch(char):
-            kind = (
-                "a space"
-                if char == " "
-                else "a control character"
-                if ord(char) < 0x20 or ord(char) == 0x7F
-                else "a non-ASCII character"
-            )
-            return f"the token contains {kind} at position {position}"
-    return "the token contains a character that cannot be sent in a header"  # pragma: no cover
+    position, char = next((i, c) for i, c in enumerate(token) if not _TOKEN_RE.fullmatch(c))
+    if char == " ":
+        kind = "a space"
+    elif char.isascii():
+        kind = "a control character"
+    else:
+        kind = "a non-ASCII character"
+    return f"the token contains {kind} at position {position}"
 
 
 def check_token(token: object) -> str:
@@ -103,15 +101,6 @@ def check_seconds(name: str, value: object, *, allow_zero: bool = True) -> float
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
     return number
-
-
-def check_timeout(name: str, value: float | None) -> float | None:
-    """A caller's ``timeout``: ``None`` (no limit), or finite seconds >= 0."""
-    if value is None:
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool) and value == math.inf:
-        return None
-    return check_seconds(name, value)
 
 
 def check_count(name: str, value: object, *, minimum: int = 1) -> int:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import aiohttp
 import yarl
 
-from .._errors import ConnectError, RequestTimeout, TransportError
+from .._errors import TransportError
+from .._validation import check_count
 from ._base import Request, Response
-from ._body import ACCEPT_ENCODING, BodyReader, LibraryError
+from ._body import ACCEPT_ENCODING, BodyReader, translate
 
 __all__ = ["AiohttpTransport"]
 
@@ -26,11 +27,7 @@ class AiohttpTransport:
     """
 
     def __init__(self, *, max_connections: int = 16) -> None:
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
-            raise TypeError("max_connections must be an int")
-        if max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
-        self._max_connections = max_connections
+        self._max_connections = check_count("max_connections", max_connections)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -53,7 +50,6 @@ class AiohttpTransport:
         client = self._client()
         headers = {"Accept-Encoding": ACCEPT_ENCODING, **request.headers}
         error: TransportError
-        cause: LibraryError
         try:
             async with client.request(
                 request.method,
@@ -75,14 +71,12 @@ class AiohttpTransport:
         except TransportError:
             raise
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            error = RequestTimeout(f"no complete response within {request.timeout} s")
-            cause = LibraryError.of(exc, request.headers)
+            error = translate(exc, request, timed_out=True)
         except (aiohttp.ClientError, OSError, ValueError, UnicodeError) as exc:
-            cause = LibraryError.of(exc, request.headers)
-            error = ConnectError(str(cause))
+            error = translate(exc, request, timed_out=False)
         # Raised here, outside the handler: aiohttp's exception must not ride along as
         # __context__ (the repr of its request_info shows the Authorization header).
-        raise error from cause
+        raise error
 
     async def aclose(self) -> None:
         """Close the pooled connections."""

@@ -12,9 +12,16 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 
-from .._errors import InvalidResponseError, ResponseTooLarge
+from .._errors import (
+    ConnectError,
+    InvalidResponseError,
+    RequestTimeout,
+    ResponseTooLarge,
+    TransportError,
+)
+from ._base import Request
 
-__all__ = ["ACCEPT_ENCODING", "BodyReader", "LibraryError", "redact"]
+__all__ = ["ACCEPT_ENCODING", "BodyReader", "LibraryError", "redact", "translate"]
 
 #: What transports send as ``Accept-Encoding``: brotli and zstd are never asked for.
 ACCEPT_ENCODING = "gzip, deflate"
@@ -139,3 +146,17 @@ class LibraryError(Exception):
     def of(cls, exc: BaseException, headers: Mapping[str, str]) -> LibraryError:
         """The stand-in for ``exc``, a request with these ``headers`` being sent."""
         return cls(redact(f"{type(exc).__name__}: {str(exc)[:300]}", headers))
+
+
+def translate(exc: BaseException, request: Request, *, timed_out: bool) -> TransportError:
+    """The :class:`TransportError` an HTTP library's ``exc`` becomes: a
+    :class:`RequestTimeout` or a :class:`ConnectError`, caused by a :class:`LibraryError`.
+    Raise it outside the ``except`` block, so the library's exception is not its
+    ``__context__`` either."""
+    cause = LibraryError.of(exc, request.headers)
+    if timed_out:
+        error: TransportError = RequestTimeout(f"no complete response within {request.timeout} s")
+    else:
+        error = ConnectError(str(cause))
+    error.__cause__ = cause
+    return error

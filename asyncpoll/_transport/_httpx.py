@@ -7,9 +7,10 @@ from typing import Any
 
 import anyio
 
-from .._errors import ConnectError, RequestTimeout, TransportError
+from .._errors import TransportError
+from .._validation import check_count
 from ._base import Request, Response
-from ._body import ACCEPT_ENCODING, BodyReader, LibraryError
+from ._body import ACCEPT_ENCODING, BodyReader, translate
 
 __all__ = ["HttpxTransport"]
 
@@ -35,10 +36,7 @@ class HttpxTransport:
     """
 
     def __init__(self, *, max_connections: int = 16) -> None:
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
-            raise TypeError("max_connections must be an int")
-        if max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
+        check_count("max_connections", max_connections)
         try:
             import httpx
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -59,7 +57,6 @@ class HttpxTransport:
         """Send ``request`` and read the whole body (up to ``request.max_response_size``)."""
         httpx = self._httpx
         error: TransportError
-        cause: LibraryError
         try:
             # httpx's timeouts restart on every byte: the scope bounds the whole exchange.
             with anyio.fail_after(request.timeout):
@@ -67,13 +64,11 @@ class HttpxTransport:
         except TransportError:
             raise
         except (TimeoutError, httpx.TimeoutException) as exc:
-            error = RequestTimeout(f"no complete response within {request.timeout} s")
-            cause = LibraryError.of(exc, request.headers)
+            error = translate(exc, request, timed_out=True)
         except (httpx.HTTPError, httpx.StreamError, OSError, ValueError, UnicodeError) as exc:
-            cause = LibraryError.of(exc, request.headers)
-            error = ConnectError(str(cause))
+            error = translate(exc, request, timed_out=False)
         # Raised outside the handler, so that httpx's exception is not its __context__.
-        raise error from cause
+        raise error
 
     async def _exchange(self, request: Request) -> Response:
         httpx = self._httpx
