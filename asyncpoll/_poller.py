@@ -11,9 +11,9 @@ import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import Protocol
+from typing import Generic, NoReturn, Protocol, TypeVar
 
 import anyio
 import attrs
@@ -27,22 +27,26 @@ from ._errors import (
     OperationNotFound,
     PermissionDeniedError,
     RateLimitedError,
+    RequestTimeout,
     SpaceNotFoundError,
     is_transient,
 )
 from ._models import AsyncOperation, OperationState
+from ._runtime import LoopBinding
 from ._session import BatchResult, Session
-from ._validation import validate_operation_id, validate_space_id
+from ._validation import check_count, check_seconds, validate_operation_id, validate_space_id
 
 __all__ = ["PollInterval", "Poller", "PollerStatistics", "ProgressEvent"]
 
 logger = logging.getLogger("asyncpoll")
 
 _Key = tuple[str, str]  # (space_id, operation_id)
+_T = TypeVar("_T")
+_I = TypeVar("_I", bound="_Iterator")
 
-# Due times and deadlines are bookkeeping, compared only with each other and turned into
-# relative sleeps: the plain monotonic clock spares a backend lookup on every call.
-_now = time.monotonic
+
+def _finite(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    check_seconds(f"PollInterval.{attribute.name}", value)
 
 
 @attrs.frozen
@@ -55,11 +59,11 @@ class PollInterval:
     way. A ``Retry-After`` on a 200 is a floor for the next poll of those IDs.
     """
 
-    initial: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
-    maximum: float = attrs.field(default=30.0)
-    multiplier: float = attrs.field(default=1.5, validator=attrs.validators.ge(1))
+    initial: float = attrs.field(default=1.0, validator=[_finite, attrs.validators.gt(0)])
+    maximum: float = attrs.field(default=30.0, validator=_finite)
+    multiplier: float = attrs.field(default=1.5, validator=[_finite, attrs.validators.ge(1)])
     jitter: float = attrs.field(
-        default=0.1, validator=[attrs.validators.ge(0), attrs.validators.lt(1)]
+        default=0.1, validator=[_finite, attrs.validators.ge(0), attrs.validators.lt(1)]
     )
 
     @maximum.validator
@@ -98,7 +102,10 @@ class PollerStatistics:
     since the Poller started (retries and splits included); ``operations_polled``: IDs
     asked for in those batches; ``retries``: retries made by the Session; ``errors``:
     batches that failed after retries; ``in_flight``: batches being sent now;
-    ``remembered``: terminal operations kept for late callers.
+    ``remembered``: terminal operations kept for late callers; ``last_error``: the error
+    of the latest batch if it failed (``None`` once a batch succeeds again);
+    ``last_success``: when a batch last got a good answer, in seconds since the epoch
+    (:func:`time.time`), or ``None`` before the first.
     """
 
     watched: int
@@ -108,6 +115,8 @@ class PollerStatistics:
     errors: int
     in_flight: int
     remembered: int
+    last_error: AsyncpollError | None = None
+    last_success: float | None = None
 
 
 class _Entry:
@@ -141,6 +150,18 @@ class _Entry:
         self.alive = True
         self.absent_since: float | None = None
         self.flight: _Flight | None = None
+
+
+class _Outage:
+    """A space with no good answer since ``since`` (the Poller's clock), when its first
+    unanswered request began; ``error`` is the last failure, ``None`` while every request
+    since is still in flight."""
+
+    __slots__ = ("error", "since")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.error: AsyncpollError | None = None
 
 
 class _Flight:
@@ -286,6 +307,14 @@ class Poller:
     bounds the requests in flight; an ID absent from answers for ``not_found_grace``
     seconds is reported not found; terminal operations are remembered for
     ``terminal_memory`` seconds so late callers get them without a request.
+
+    Transient failures (network errors, timeouts, 429, 5xx) are retried at each
+    operation's next turn while its callers wait. When no status request for a space has
+    succeeded for ``outage_timeout`` seconds, counted from the start of the first request
+    left without a good answer (retries included), every caller waiting on that space gets
+    the last error (an :class:`AsyncpollError`, usually :class:`ConnectError`; a
+    :class:`RequestTimeout` if no request has even failed yet); ``None`` waits for the
+    server forever. Bad arguments raise :class:`ValueError`.
     """
 
     def __init__(
@@ -297,17 +326,34 @@ class Poller:
         not_found_grace: float = 30.0,
         coalesce_window: float = 0.005,
         terminal_memory: float = 30.0,
+        outage_timeout: float | None = 300.0,
     ) -> None:
-        if max_concurrent_requests < 1:
-            raise ValueError("max_concurrent_requests must be at least 1")
-        if not_found_grace < 0 or coalesce_window < 0 or terminal_memory < 0:
-            raise ValueError("not_found_grace, coalesce_window and terminal_memory must be >= 0")
+        if not isinstance(session, Session):
+            raise TypeError(f"Poller needs a Session, got {type(session).__name__}")
+        if interval is not None and not isinstance(interval, PollInterval):
+            raise TypeError("interval must be a PollInterval")
         self._session = session
         self.interval = interval if interval is not None else PollInterval()
-        self.max_concurrent_requests = max_concurrent_requests
-        self.not_found_grace = not_found_grace
-        self.coalesce_window = coalesce_window
-        self.terminal_memory = terminal_memory
+        self.max_concurrent_requests = check_count(
+            "max_concurrent_requests", max_concurrent_requests
+        )
+        self.not_found_grace = check_seconds("not_found_grace", not_found_grace)
+        self.coalesce_window = check_seconds("coalesce_window", coalesce_window)
+        self.terminal_memory = check_seconds("terminal_memory", terminal_memory)
+        self.outage_timeout = (
+            None
+            if outage_timeout is None
+            else check_seconds("outage_timeout", outage_timeout, allow_zero=False)
+        )
+        # Due times and deadlines: the clock of the backend that entered the Poller (so a
+        # test's virtual clock is honoured), bound once, at entry.
+        self._now: Callable[[], float] = time.monotonic
+        self._binding: LoopBinding | None = None
+        self._outages: dict[str, _Outage] = {}
+        self._sleeping_until = math.inf  # when the polling loop wakes by itself
+        self._space_sizes: dict[str, int] = {}
+        self._last_error: AsyncpollError | None = None
+        self._last_success: float | None = None
         self._entries: dict[_Key, _Entry] = {}
         self._heaps: dict[str, list[tuple[float, int, _Entry]]] = {}
         self._seq = itertools.count()
@@ -335,6 +381,8 @@ class Poller:
     async def __aenter__(self) -> Poller:
         if self._task_group is not None or self._closed:
             raise RuntimeError("a Poller can be entered only once")
+        self._binding = LoopBinding("Poller")
+        self._now = self._binding.clock
         self._limiter = anyio.CapacityLimiter(self.max_concurrent_requests)
         self._wakeup = anyio.Event()
         self._signal = _signal_factory()
@@ -378,6 +426,8 @@ class Poller:
     # -- public API ---------------------------------------------------------------------
 
     def _keys(self, ids: Iterable[str], space_id: str | None) -> list[_Key]:
+        if self._binding is not None:
+            self._binding.check()
         space = self._session.space_id if space_id is None else validate_space_id(space_id)
         if isinstance(ids, str | bytes):
             raise TypeError("pass a list of operation IDs, not a single string")
@@ -400,7 +450,7 @@ class Poller:
         keys = self._keys([op_id], space_id)
         if timeout is None:  # the common case: spare the cancel scope
             return await self._wait_one(keys)
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(check_seconds("timeout", timeout)):
             return await self._wait_one(keys)
 
     async def _wait_one(self, keys: list[_Key]) -> AsyncOperation:
@@ -421,6 +471,8 @@ class Poller:
         :class:`TimeoutError` after ``timeout`` seconds, and the Session's errors.
         """
         keys = self._keys(ids, space_id)
+        if timeout is not None:
+            check_seconds("timeout", timeout)
         unique = list(dict.fromkeys(keys))
         found: dict[_Key, AsyncOperation] = {}
         with anyio.fail_after(timeout):
@@ -432,10 +484,9 @@ class Poller:
                     found[key] = operation
         return [found[key] for key in keys]
 
-    @asynccontextmanager
-    async def as_completed(
+    def as_completed(
         self, ids: Iterable[str], *, space_id: str | None = None, timeout: float | None = None
-    ) -> AsyncIterator[AsyncIterator[AsyncOperation]]:
+    ) -> AbstractAsyncContextManager[AsyncIterator[AsyncOperation]]:
         """Terminal operations of ``ids`` in the order they complete::
 
             async with poller.as_completed(ids) as done:
@@ -445,17 +496,18 @@ class Poller:
         Failed and canceled operations are yielded, not raised. Iterating raises
         :class:`OperationNotFound` for an ID that stayed absent, :class:`TimeoutError`
         once ``timeout`` seconds have passed since entering, and the Session's errors.
-        Leaving the block stops polling for this caller.
+        Leaving the block stops polling for this caller. Bad arguments raise at the call.
         """
         keys = list(dict.fromkeys(self._keys(ids, space_id)))
-        deadline = None if timeout is None else _now() + timeout
-        async with self._subscribed(keys, events=False) as subscription:
-            yield _Completed(subscription, deadline)
+        if timeout is not None:
+            check_seconds("timeout", timeout)
+        done: AbstractAsyncContextManager[AsyncIterator[AsyncOperation]]
+        done = self._iterating(keys, timeout, _Completed)
+        return _Block(done, "as_completed", "done", "operation")
 
-    @asynccontextmanager
-    async def watch(
+    def watch(
         self, ids: Iterable[str], *, space_id: str | None = None, timeout: float | None = None
-    ) -> AsyncIterator[AsyncIterator[ProgressEvent]]:
+    ) -> AbstractAsyncContextManager[AsyncIterator[ProgressEvent]]:
         """Progress events of ``ids`` until every one is terminal::
 
             async with poller.watch(ids) as events:
@@ -469,12 +521,22 @@ class Poller:
         an operation rather than every step in between; terminal events are never
         dropped, and progress never goes backwards. Iterating raises
         :class:`TimeoutError` once ``timeout`` seconds have passed since entering, and the
-        Session's errors.
+        Session's errors. Bad arguments raise at the call.
         """
         keys = list(dict.fromkeys(self._keys(ids, space_id)))
-        deadline = None if timeout is None else _now() + timeout
-        async with self._subscribed(keys, events=True) as subscription:
-            yield _Events(subscription, deadline)
+        if timeout is not None:
+            check_seconds("timeout", timeout)
+        events: AbstractAsyncContextManager[AsyncIterator[ProgressEvent]]
+        events = self._iterating(keys, timeout, _Events)
+        return _Block(events, "watch", "events", "event")
+
+    @asynccontextmanager
+    async def _iterating(
+        self, keys: list[_Key], timeout: float | None, kind: type[_I]
+    ) -> AsyncIterator[_I]:
+        deadline = None if timeout is None else self._now() + timeout
+        async with self._subscribed(keys, events=kind is _Events) as subscription:
+            yield kind(subscription, deadline, self._now)
 
     def statistics(self) -> PollerStatistics:
         """A snapshot of what this Poller tracks and has sent."""
@@ -486,6 +548,8 @@ class Poller:
             errors=self._errors,
             in_flight=self._in_flight,
             remembered=len(self._memory),
+            last_error=self._last_error,
+            last_success=self._last_success,
         )
 
     # -- interest -----------------------------------------------------------------------
@@ -508,7 +572,7 @@ class Poller:
 
     def _subscribe(self, subscription: _Subscription) -> None:
         self._subscriptions.add(subscription)
-        now = _now()
+        now = self._now()
         self._forget_expired(now)
         fresh = False
         for key in subscription.keys:
@@ -521,6 +585,7 @@ class Poller:
                 part = self._session._encode_one(key[1])
                 entry = _Entry(key[0], key[1], part, self.interval.initial)
                 self._entries[key] = entry
+                self._space_sizes[key[0]] = self._space_sizes.get(key[0], 0) + 1
                 self._schedule(entry, now)
                 fresh = True
             elif entry.operation is not None:
@@ -549,13 +614,20 @@ class Poller:
                 flight.scope.cancel()
         if self._entries.get((entry.space, entry.id)) is entry:
             del self._entries[(entry.space, entry.id)]
+            left = self._space_sizes[entry.space] - 1
+            if left:
+                self._space_sizes[entry.space] = left
+            else:
+                # Nobody waits on the space: an outage clock restarts with the next caller.
+                del self._space_sizes[entry.space]
+                self._outages.pop(entry.space, None)
 
     def _finish(self, entry: _Entry, operation: AsyncOperation | None) -> None:
         """Deliver the one terminal outcome of ``entry`` and stop polling it."""
         self._drop(entry)
         if operation is not None and self.terminal_memory > 0:
             key = (entry.space, entry.id)
-            expires = _now() + self.terminal_memory
+            expires = self._now() + self.terminal_memory
             self._memory[key] = (operation, expires)
             self._memory_order.append((expires, key))
         for subscription in list(entry.subscribers):
@@ -662,7 +734,7 @@ class Poller:
         while True:
             if self._fresh:
                 await self._coalesce()
-            now = _now()
+            now = self._now()
             self._forget_expired(now)
             for space in list(self._heaps):
                 for batch in self._take_batches(space, now):
@@ -672,21 +744,53 @@ class Poller:
             if self._memory_order:
                 # Forget finished operations on time, even while nothing else happens.
                 wake = min(wake, self._memory_order[0][0])
-            delay = wake - _now()
+            if self._outages and self.outage_timeout is not None:
+                wake = min(wake, self._end_outages(now, self.outage_timeout))
+            delay = wake - self._now()
             if delay > 0 and not self._fresh:
                 self._wakeup = anyio.Event()
+                self._sleeping_until = wake
                 with anyio.move_on_after(delay):
                     await self._wakeup.wait()
+                self._sleeping_until = math.inf
             else:
                 await anyio.lowlevel.checkpoint()
 
+    def _end_outages(self, now: float, limit: float) -> float:
+        """Fail the callers of every space down for ``limit`` seconds; return the time
+        the next outage reaches its limit."""
+        soonest = math.inf
+        for space, outage in list(self._outages.items()):
+            ends = outage.since + limit
+            if ends > now:
+                soonest = min(soonest, ends)
+                continue
+            del self._outages[space]
+            error = outage.error or RequestTimeout(
+                f"no answer to a status request within outage_timeout={limit:g} s "
+                "(the Session was still retrying)"
+            )
+            victims = [entry for entry in self._entries.values() if entry.space == space]
+            # INFO: each caller gets the error itself; the outage's start was the WARNING.
+            logger.info(
+                "no status request for space %r succeeded for %.1f s (outage_timeout): "
+                "failing %d waiting operations with the last error: %s",
+                space,
+                now - outage.since,
+                len(victims),
+                error,
+            )
+            for entry in victims:
+                self._fail(entry, error)
+        return soonest
+
     async def _coalesce(self) -> None:
         """Let callers that start together land in one round (a short debounce)."""
-        deadline = _now() + 10 * self.coalesce_window
+        deadline = self._now() + 10 * self.coalesce_window
         while True:
             seen = self._fresh
             await anyio.sleep(self.coalesce_window)
-            if self._fresh == seen or _now() >= deadline:
+            if self._fresh == seen or self._now() >= deadline:
                 break
         self._fresh = 0
 
@@ -701,6 +805,13 @@ class Poller:
                     return
                 previous = {e.id: e.operation for e in live if e.operation is not None}
                 self._operations_polled += len(live)
+                if space not in self._outages:
+                    # The outage clock of the space runs until a good answer stops it.
+                    since = self._now()
+                    self._outages[space] = _Outage(since)
+                    limit = self.outage_timeout
+                    if limit is not None and since + limit < self._sleeping_until:
+                        self._wake()
                 flight = _Flight(len(live))
                 for entry in live:
                     entry.flight = flight
@@ -721,15 +832,25 @@ class Poller:
                     entry.flight = None
                 if error is not None:
                     self._errors += 1
+                    self._last_error = error
                     self._on_error(space, live, error)
                 elif result is not None:
+                    self._last_error = None
+                    self._last_success = time.time()
+                    outage = self._outages.pop(space, None)
+                    if outage is not None and outage.error is not None:
+                        logger.warning(
+                            "status requests for space %r succeed again after %.1f s",
+                            space,
+                            self._now() - outage.since,
+                        )
                     self._on_result(live, result)
         finally:
             self._in_flight -= 1
             self._wake()
 
     def _on_result(self, batch: list[_Entry], result: BatchResult) -> None:
-        now = _now()
+        now = self._now()
         seen = {operation.id: operation for operation in result.operations}
         for entry in batch:
             if not entry.alive:
@@ -778,10 +899,27 @@ class Poller:
         self._reschedule(entry, now, changed, floor)
 
     def _on_error(self, space: str, batch: list[_Entry], error: AsyncpollError) -> None:
-        now = _now()
+        now = self._now()
         if is_transient(error):
-            # Callers keep waiting until their own deadline: poll again later.
-            logger.warning("status query for %d IDs failed, will retry: %s", len(batch), error)
+            # Callers keep waiting until their own deadline (or the outage timeout): poll
+            # again later. One WARNING when a space starts failing, not one per batch.
+            outage = self._outages.get(space)
+            if outage is None:
+                # A good answer came meanwhile: the clock restarts at this failure.
+                outage = self._outages[space] = _Outage(now)
+            if outage.error is None:
+                outage.error = error
+                limit = self.outage_timeout
+                logger.warning(
+                    "status query for %d IDs in space %r failed, will retry%s: %s",
+                    len(batch),
+                    space,
+                    "" if limit is None else f" for up to {limit:g} s",
+                    error,
+                )
+            else:
+                outage.error = error
+                logger.debug("status query for %d IDs failed again: %s", len(batch), error)
             floor = error.retry_after if isinstance(error, RateLimitedError) else None
             for entry in batch:
                 if entry.alive:
@@ -814,18 +952,21 @@ def _succeeded(key: _Key, operation: AsyncOperation | None) -> AsyncOperation:
 
 
 class _Iterator:
-    __slots__ = ("_deadline", "_subscription")
+    __slots__ = ("_clock", "_deadline", "_subscription")
 
-    def __init__(self, subscription: _Subscription, deadline: float | None) -> None:
+    def __init__(
+        self, subscription: _Subscription, deadline: float | None, clock: Callable[[], float]
+    ) -> None:
         self._subscription = subscription
         self._deadline = deadline
+        self._clock = clock
 
     async def _next(self) -> tuple[_Key, AsyncOperation | None, AsyncOperation | None, bool]:
         if self._subscription.finished:
             raise StopAsyncIteration
         if self._deadline is None:
             return await self._subscription.next()
-        with anyio.fail_after(max(0.0, self._deadline - _now())):
+        with anyio.fail_after(max(0.0, self._deadline - self._clock())):
             return await self._subscription.next()
 
 
@@ -856,4 +997,38 @@ class _Events(_Iterator):
             operation=operation,
             previous=previous,
             is_terminal=terminal,
+        )
+
+
+class _Block(Generic[_T]):
+    """What :meth:`Poller.watch` and :meth:`Poller.as_completed` return: a context manager
+    (entering it subscribes; leaving it stops polling for this caller). Iterating it
+    directly is a mistake, and its ``TypeError`` shows the right form."""
+
+    __slots__ = ("_item", "_manager", "_method", "_name")
+
+    def __init__(
+        self, manager: AbstractAsyncContextManager[_T], method: str, name: str, item: str
+    ) -> None:
+        self._manager = manager
+        self._method = method
+        self._name = name
+        self._item = item
+
+    async def __aenter__(self) -> _T:
+        return await self._manager.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._manager.__aexit__(exc_type, exc, tb)
+
+    def __aiter__(self) -> NoReturn:
+        raise TypeError(
+            f"poller.{self._method}(...) is a context manager, not an iterator: use "
+            f"'async with poller.{self._method}(ids) as {self._name}:' and then "
+            f"'async for {self._item} in {self._name}:'"
         )

@@ -8,10 +8,12 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hostile import closed_port
 from rich.console import Console
 
 from asyncpoll import _cli
@@ -270,6 +272,28 @@ def test_get_unreachable_server_times_out_with_3(
     code, out, err = run(capsys, *argv, "--timeout", "0.3")
     assert (code, out) == (3, "")
     assert_one_error_line(err, "timed out")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("command", ["watch", "get"])
+def test_a_dead_server_exits_3_after_the_outage_timeout(
+    command: str, backend: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASYNCPOLL_TOKEN", SECRET)
+    url = f"http://127.0.0.1:{closed_port()}"
+    argv = [command, "op", "--space", "default", "--base-url", url, "--json"]
+    started = time.monotonic()
+    code, out, err = run(capsys, *argv, "--outage-timeout", "1", "--backend", backend)
+    elapsed = time.monotonic() - started
+    assert (code, out) == (3, "")
+    # watch gives up when the timeout passes; get when its next retry would end after it.
+    assert (1 if command == "watch" else 0) <= elapsed < 10
+    # At most one warning while it retries, then one line saying why it gave up.
+    *warnings, last = err.splitlines()
+    assert len(warnings) <= 1
+    assert all(line.startswith("asyncpoll: warning: ") for line in warnings)
+    assert_one_error_line(last, "no status request succeeded in ", "(--outage-timeout 1 s)")
+    assert "connect" in last.lower()
 
 
 # -- demo and the terminal display ------------------------------------------------------

@@ -4,10 +4,10 @@ Commands::
 
     asyncpoll demo  [--ops N] [--fail-rate R] [--seconds S] [--seed N] [--json]
     asyncpoll watch ID... --space S [--base-url URL] [--token-env VAR] [--json]
-                    [--timeout SEC] [--not-found-grace SEC] [--interval SEC]
-                    [--max-interval SEC] [--insecure-http]
+                    [--timeout SEC] [--outage-timeout SEC] [--not-found-grace SEC]
+                    [--interval SEC] [--max-interval SEC] [--insecure-http]
     asyncpoll get   ID... --space S [--base-url URL] [--token-env VAR] [--json]
-                    [--timeout SEC] [--insecure-http]
+                    [--timeout SEC] [--outage-timeout SEC] [--insecure-http]
 
 Every command also takes ``--backend {asyncio,trio}`` and ``-v``. The token is read from
 an environment variable (``ASYNCPOLL_TOKEN``, or the one ``--token-env`` names), never
@@ -24,8 +24,9 @@ Exit codes (the same text is in ``asyncpoll --help``):
 1    some operation failed or was canceled
 2    usage error, missing token, or the server refused access: authentication
      (401), permission (403), an unknown space (404) or a refused ID (400)
-3    outcome unknown: ``--timeout`` passed, an operation was not found, or the
-     server stayed unreachable or unusable after retries
+3    outcome unknown: ``--timeout`` passed, an operation was not found, or no
+     status request succeeded for ``--outage-timeout`` seconds (default 60: the
+     server was unreachable or unusable)
 130  interrupted (Ctrl-C)
 ===  ========================================================================
 
@@ -58,9 +59,11 @@ from .._errors import (
     AuthenticationError,
     PermissionDeniedError,
     SpaceNotFoundError,
+    is_transient,
 )
 from .._models import AsyncOperation, OperationState
 from .._poller import Poller, PollerStatistics, PollInterval, ProgressEvent
+from .._retry import RetryPolicy
 from .._session import DEFAULT_BASE_URL, Session
 from .._validation import validate_operation_ids
 from ._output import (
@@ -98,8 +101,9 @@ exit codes:
   1    some operation failed or was canceled
   2    usage error, missing token, or the server refused access: authentication
        (401), permission (403), an unknown space (404) or a refused ID (400)
-  3    outcome unknown: --timeout passed, an operation was not found, or the
-       server stayed unreachable or unusable after retries
+  3    outcome unknown: --timeout passed, an operation was not found, or no
+       status request succeeded for --outage-timeout seconds (default 60: the
+       server was unreachable or unusable)
   130  interrupted (Ctrl-C)
 When several apply, the larger code wins (3 over 1). 141: stdout was closed
 early (broken pipe); 70: internal error (a bug: please report it)."""
@@ -117,6 +121,16 @@ _TOKEN_HELP = (
 
 class _UsageError(Exception):
     """A mistake of the caller's: exit 2 with this message."""
+
+
+class _Outage(Exception):
+    """No status request succeeded for ``--outage-timeout`` seconds: exit 3."""
+
+    def __init__(self, seconds: float, started: float, error: AsyncpollError) -> None:
+        super().__init__(
+            f"no status request succeeded in {time.monotonic() - started:.1f} s of retries "
+            f"(--outage-timeout {seconds:g} s); last error: {error}"
+        )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -204,6 +218,14 @@ def _parser() -> _Parser:
         default=None,
         metavar="SEC",
         help="give up after SEC seconds and exit 3 (default: no limit)",
+    )
+    remote.add_argument(
+        "--outage-timeout",
+        type=_positive_seconds,
+        default=60.0,
+        metavar="SEC",
+        help="exit 3 when no status request has succeeded for SEC seconds, retrying "
+        "until then (default: %(default)g)",
     )
     remote.add_argument(
         "--insecure-http",
@@ -330,7 +352,7 @@ def _check_backend(backend: str) -> None:
         raise _UsageError("--backend trio needs trio and httpx: pip install 'asyncpoll[trio]'")
 
 
-def _session(args: argparse.Namespace) -> Session:
+def _session(args: argparse.Namespace, retry: RetryPolicy | None = None) -> Session:
     token = os.environ.get(args.token_env, "")
     if not token.strip():
         raise _UsageError(
@@ -343,6 +365,7 @@ def _session(args: argparse.Namespace) -> Session:
             token=token.strip(),
             space_id=args.space,
             allow_insecure_http=args.insecure_http,
+            retry=retry,
         )
     except ValueError as exc:
         # Session's messages never include the token.
@@ -427,25 +450,37 @@ async def _follow(
     interval: PollInterval,
     not_found_grace: float,
     timeout: float | None,
+    outage_timeout: float,
 ) -> PollerStatistics:
     """Watch ``tally.ids`` through one Poller, feeding ``tally`` and ``view``."""
-    async with session:
-        async with Poller(session, interval=interval, not_found_grace=not_found_grace) as poller:
-            with view:
-                async with anyio.create_task_group() as tg:
-                    if view.live:
-                        tg.start_soon(_tick, view, poller)
-                    try:
-                        async with poller.watch(tally.ids, timeout=timeout) as events:
-                            async for event in events:
-                                tally.add(event)
-                                view.event(event)
-                    except TimeoutError:
-                        tally.timed_out = True
-                    finally:
-                        tg.cancel_scope.cancel()
-                view.refresh(poller.statistics())
-            return poller.statistics()
+    poller = Poller(
+        session,
+        interval=interval,
+        not_found_grace=not_found_grace,
+        outage_timeout=outage_timeout,
+    )
+    started = time.monotonic()
+    async with session, poller:
+        with view:
+            async with anyio.create_task_group() as tg:
+                if view.live:
+                    tg.start_soon(_tick, view, poller)
+                try:
+                    async with poller.watch(tally.ids, timeout=timeout) as events:
+                        async for event in events:
+                            tally.add(event)
+                            view.event(event)
+                except TimeoutError:
+                    tally.timed_out = True
+                except AsyncpollError as exc:
+                    if not is_transient(exc):
+                        raise
+                    # Only the outage timeout hands a caller a transient error.
+                    raise _Outage(outage_timeout, started, exc) from None
+                finally:
+                    tg.cancel_scope.cancel()
+            view.refresh(poller.statistics())
+        return poller.statistics()
 
 
 def _run_watch(
@@ -456,6 +491,7 @@ def _run_watch(
     interval: PollInterval,
     not_found_grace: float,
     timeout: float | None,
+    outage_timeout: float,
     title: str,
 ) -> int:
     """Watch ``ids``, report on stdout, and return the exit status."""
@@ -477,6 +513,7 @@ def _run_watch(
         interval=interval,
         not_found_grace=not_found_grace,
         timeout=timeout,
+        outage_timeout=outage_timeout,
     )
     stats = anyio.run(follow, backend=args.backend)
     if display is not None:
@@ -506,7 +543,9 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     _check_backend(args.backend)
     if not _wants_json(args):
         _require_rich()
-    session = _session(args)
+    # The Poller retries at every turn: the Session gives up early enough that the last
+    # error is known when the outage timeout passes.
+    session = _session(args, RetryPolicy(timeout=args.outage_timeout / 2))
     return _run_watch(
         args,
         session,
@@ -514,6 +553,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         interval=PollInterval(initial=args.interval, maximum=args.max_interval),
         not_found_grace=args.not_found_grace,
         timeout=args.timeout,
+        outage_timeout=args.outage_timeout,
         title=f"Watching {len(ids)} operations in space {clean(args.space)} through one Poller",
     )
 
@@ -536,6 +576,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             interval=PollInterval(initial=0.25, maximum=1.0),
             not_found_grace=30.0,
             timeout=None,
+            outage_timeout=60.0,
             title=(
                 f"Demo: {args.ops} simulated operations ({args.fail_rate:.0%} set to fail) "
                 f"on {server.url}, watched through one Poller"
@@ -545,17 +586,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if code == EXIT_FAILED else code
 
 
-async def _get(session: Session, ids: list[str], timeout: float | None) -> list[AsyncOperation]:
+async def _get(
+    session: Session, ids: list[str], timeout: float | None, outage_timeout: float
+) -> list[AsyncOperation]:
+    started = time.monotonic()
     async with session:
         with anyio.fail_after(timeout):
-            return await session.get_operations(ids)
+            try:
+                return await session.get_operations(ids)
+            except AsyncpollError as exc:
+                if not is_transient(exc):
+                    raise
+                # The Session retried transient failures for up to the outage timeout.
+                raise _Outage(outage_timeout, started, exc) from None
 
 
 def _cmd_get(args: argparse.Namespace) -> int:
     ids = _ids(args)
     _check_backend(args.backend)
-    session = _session(args)
-    operations = anyio.run(_get, session, ids, args.timeout, backend=args.backend)
+    # Retry transient failures until --outage-timeout, however many tries that takes.
+    session = _session(args, RetryPolicy(attempts=1_000_000, timeout=args.outage_timeout))
+    operations = anyio.run(
+        _get, session, ids, args.timeout, args.outage_timeout, backend=args.backend
+    )
     found = {op.id: op for op in operations}
     space = session.space_id
     if args.json:
@@ -622,6 +675,8 @@ def _classify(exc: BaseException, token_env: str | None) -> tuple[int, str | Non
         return EXIT_USAGE, str(leaf)
     if isinstance(leaf, TimeoutError):
         return EXIT_UNKNOWN, "timed out"
+    if isinstance(leaf, _Outage):
+        return EXIT_UNKNOWN, str(leaf)
     if isinstance(leaf, AsyncpollError):
         # Not found, or transport and server errors that outlasted the retries.
         return EXIT_UNKNOWN, str(leaf)

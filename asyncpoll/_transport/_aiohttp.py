@@ -8,7 +8,7 @@ import yarl
 from .._errors import TransportError
 from .._validation import check_count
 from ._base import Request, Response
-from ._body import ACCEPT_ENCODING, BodyReader, translate
+from ._body import ACCEPT_ENCODING, BodyReader, ReadBudget, translate
 
 __all__ = ["AiohttpTransport"]
 
@@ -30,6 +30,7 @@ class AiohttpTransport:
         self._max_connections = check_count("max_connections", max_connections)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        self._budget = ReadBudget()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -62,10 +63,14 @@ class AiohttpTransport:
                     request.max_response_size,
                     content_encoding=response.headers.get("Content-Encoding"),
                     content_length=response.content_length,
+                    budget=self._budget,
                 )
-                async for chunk in response.content.iter_chunked(_CHUNK):
-                    reader.feed(chunk)
-                body = reader.finish()
+                try:
+                    async for chunk in response.content.iter_chunked(_CHUNK):
+                        reader.feed(chunk)
+                    body = reader.finish()
+                finally:
+                    reader.release()
                 headers_out = {k.lower(): v for k, v in response.headers.items()}
                 return Response(status=response.status, headers=headers_out, body=body)
         except TransportError:

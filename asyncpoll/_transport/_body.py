@@ -21,13 +21,28 @@ from .._errors import (
 )
 from ._base import Request
 
-__all__ = ["ACCEPT_ENCODING", "BodyReader", "LibraryError", "redact", "translate"]
+__all__ = ["ACCEPT_ENCODING", "BodyReader", "LibraryError", "ReadBudget", "redact", "translate"]
 
 #: What transports send as ``Accept-Encoding``: brotli and zstd are never asked for.
 ACCEPT_ENCODING = "gzip, deflate"
 
+_STEP = 256 * 1024  # decoded bytes per decompression step
 _WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
 _IDENTITY = ("", "identity")
+
+
+class ReadBudget:
+    """The decoded bytes held by every body one transport is reading at once.
+
+    Each body is capped at its request's ``max_response_size``; together they may hold at
+    most twice that, so that a burst of batches answered with compression bombs costs
+    tens of megabytes, not sixteen times the cap. Real answers are far below it.
+    """
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = 0
 
 
 class BodyReader:
@@ -39,12 +54,26 @@ class BodyReader:
     encoding that was not asked for, or compressed data that does not decode.
     """
 
-    __slots__ = ("_chunks", "_decoder", "_deflate_fallback", "_limit", "_raw", "_size")
+    __slots__ = (
+        "_budget",
+        "_chunks",
+        "_decoder",
+        "_deflate_fallback",
+        "_limit",
+        "_raw",
+        "_size",
+    )
 
     def __init__(
-        self, limit: int, *, content_encoding: str | None, content_length: str | int | None
+        self,
+        limit: int,
+        *,
+        content_encoding: str | None,
+        content_length: str | int | None,
+        budget: ReadBudget | None = None,
     ) -> None:
         self._limit = limit
+        self._budget = budget if budget is not None else ReadBudget()
         self._chunks: list[bytes] = []
         self._size = 0
         self._raw = 0
@@ -65,7 +94,8 @@ class BodyReader:
         data = chunk
         while data and not self._decoder.eof:
             try:
-                out = self._decoder.decompress(data, self._limit - self._size + 1)
+                # In steps: one call's output buffer would otherwise be up to the cap.
+                out = self._decoder.decompress(data, min(_STEP, self._limit - self._size + 1))
             except zlib.error as exc:
                 if not self._retry_as_raw_deflate():
                     raise InvalidResponseError(f"compressed body does not decode: {exc}") from None
@@ -80,11 +110,22 @@ class BodyReader:
             raise InvalidResponseError("compressed body ended before its end marker")
         return b"".join(self._chunks)
 
+    def release(self) -> None:
+        """Give this body's bytes back to the shared budget (call it once, when done)."""
+        self._budget.held -= self._size
+        self._size = 0
+        self._chunks = []
+
     def _keep(self, data: bytes) -> None:
         if data:
             self._size += len(data)
+            self._budget.held += len(data)
             if self._size > self._limit:
                 raise ResponseTooLarge(f"decoded response body exceeds {self._limit} bytes")
+            if self._budget.held > 2 * self._limit:
+                raise ResponseTooLarge(
+                    f"response bodies read at once exceed {2 * self._limit} bytes in all"
+                )
             self._chunks.append(data)
 
     def _retry_as_raw_deflate(self) -> bool:

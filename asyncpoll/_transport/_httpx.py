@@ -10,7 +10,7 @@ import anyio
 from .._errors import TransportError
 from .._validation import check_count
 from ._base import Request, Response
-from ._body import ACCEPT_ENCODING, BodyReader, translate
+from ._body import ACCEPT_ENCODING, BodyReader, ReadBudget, translate
 
 __all__ = ["HttpxTransport"]
 
@@ -44,6 +44,7 @@ class HttpxTransport:
                 "asyncpoll needs httpx under trio: pip install 'asyncpoll[trio]'"
             ) from exc
         self._httpx: Any = httpx
+        self._budget = ReadBudget()
         self._client = httpx.AsyncClient(
             follow_redirects=False,
             trust_env=False,
@@ -79,17 +80,21 @@ class HttpxTransport:
             timeout=httpx.Timeout(request.timeout),
         )
         response = await self._client.send(req, stream=True)
+        reader: BodyReader | None = None
         try:
             reader = BodyReader(
                 request.max_response_size,
                 content_encoding=response.headers.get("content-encoding"),
                 content_length=response.headers.get("content-length"),
+                budget=self._budget,
             )
             # Raw bytes: httpx would inflate a whole chunk at once, past any cap.
             async for chunk in response.aiter_raw():
                 reader.feed(chunk)
             body = reader.finish()
         finally:
+            if reader is not None:
+                reader.release()
             with anyio.CancelScope(shield=True):
                 await response.aclose()
         headers = {k.lower(): v for k, v in response.headers.items()}
