@@ -636,6 +636,27 @@ class SimulatedServer:
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
+        logged = False
+
+        def log() -> None:
+            nonlocal logged
+            if logged or not self._log_enabled:
+                return
+            logged = True
+            record = LoggedRequest(
+                time=arrival,
+                method=request.method,
+                path=path,
+                query=query,
+                space_id=space_id,
+                ids=tuple(ids),
+                status=status,
+                user=principal[0] if principal is not None else None,
+                answered=time.monotonic(),
+            )
+            with self._lock:
+                self._log.append(record)
+
         try:
             if (
                 path.startswith(_PATH_PREFIX)
@@ -652,6 +673,8 @@ class SimulatedServer:
             status = response.status
             return response
         except _Drop:
+            # Logged before the drop: a client that sees it may look at the log at once.
+            log()
             transport = request.transport
             if transport is not None:
                 transport.abort()
@@ -662,20 +685,7 @@ class SimulatedServer:
         finally:
             if task is not None:
                 self._inflight.discard(task)
-            if self._log_enabled:
-                record = LoggedRequest(
-                    time=arrival,
-                    method=request.method,
-                    path=path,
-                    query=query,
-                    space_id=space_id,
-                    ids=tuple(ids),
-                    status=status,
-                    user=principal[0] if principal is not None else None,
-                    answered=time.monotonic(),
-                )
-                with self._lock:
-                    self._log.append(record)
+            log()
 
     async def _respond(
         self,
