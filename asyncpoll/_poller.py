@@ -34,7 +34,13 @@ from ._errors import (
 from ._models import AsyncOperation, OperationState
 from ._runtime import LoopBinding
 from ._session import BatchResult, Session
-from ._validation import check_count, check_seconds, validate_operation_id, validate_space_id
+from ._validation import (
+    check_count,
+    check_seconds,
+    finite_seconds,
+    validate_operation_id,
+    validate_space_id,
+)
 
 __all__ = ["PollInterval", "Poller", "PollerStatistics", "ProgressEvent"]
 
@@ -43,10 +49,6 @@ logger = logging.getLogger("asyncpoll")
 _Key = tuple[str, str]  # (space_id, operation_id)
 _T = TypeVar("_T")
 _I = TypeVar("_I", bound="_Iterator")
-
-
-def _finite(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    check_seconds(f"PollInterval.{attribute.name}", value)
 
 
 @attrs.frozen
@@ -59,11 +61,11 @@ class PollInterval:
     way. A ``Retry-After`` on a 200 is a floor for the next poll of those IDs.
     """
 
-    initial: float = attrs.field(default=1.0, validator=[_finite, attrs.validators.gt(0)])
-    maximum: float = attrs.field(default=30.0, validator=_finite)
-    multiplier: float = attrs.field(default=1.5, validator=[_finite, attrs.validators.ge(1)])
+    initial: float = attrs.field(default=1.0, validator=[finite_seconds, attrs.validators.gt(0)])
+    maximum: float = attrs.field(default=30.0, validator=finite_seconds)
+    multiplier: float = attrs.field(default=1.5, validator=[finite_seconds, attrs.validators.ge(1)])
     jitter: float = attrs.field(
-        default=0.1, validator=[_finite, attrs.validators.ge(0), attrs.validators.lt(1)]
+        default=0.1, validator=[finite_seconds, attrs.validators.ge(0), attrs.validators.lt(1)]
     )
 
     @maximum.validator
@@ -425,7 +427,10 @@ class Poller:
 
     # -- public API ---------------------------------------------------------------------
 
-    def _keys(self, ids: Iterable[str], space_id: str | None) -> list[_Key]:
+    def _keys(self, ids: Iterable[str], space_id: str | None, timeout: float | None) -> list[_Key]:
+        """The caller's keys, every argument checked here, before any request."""
+        if timeout is not None:
+            check_seconds("timeout", timeout)
         if self._binding is not None:
             self._binding.check()
         space = self._session.space_id if space_id is None else validate_space_id(space_id)
@@ -447,10 +452,10 @@ class Poller:
         Session's errors (authentication, permission, space not found) as they come.
         Bad IDs raise :class:`ValueError` at once.
         """
-        keys = self._keys([op_id], space_id)
+        keys = self._keys([op_id], space_id, timeout)
         if timeout is None:  # the common case: spare the cancel scope
             return await self._wait_one(keys)
-        with anyio.fail_after(check_seconds("timeout", timeout)):
+        with anyio.fail_after(timeout):
             return await self._wait_one(keys)
 
     async def _wait_one(self, keys: list[_Key]) -> AsyncOperation:
@@ -470,9 +475,7 @@ class Poller:
         :class:`OperationNotFound` for an ID that stayed absent past the grace period,
         :class:`TimeoutError` after ``timeout`` seconds, and the Session's errors.
         """
-        keys = self._keys(ids, space_id)
-        if timeout is not None:
-            check_seconds("timeout", timeout)
+        keys = self._keys(ids, space_id, timeout)
         unique = list(dict.fromkeys(keys))
         found: dict[_Key, AsyncOperation] = {}
         with anyio.fail_after(timeout):
@@ -498,9 +501,7 @@ class Poller:
         once ``timeout`` seconds have passed since entering, and the Session's errors.
         Leaving the block stops polling for this caller. Bad arguments raise at the call.
         """
-        keys = list(dict.fromkeys(self._keys(ids, space_id)))
-        if timeout is not None:
-            check_seconds("timeout", timeout)
+        keys = list(dict.fromkeys(self._keys(ids, space_id, timeout)))
         done: AbstractAsyncContextManager[AsyncIterator[AsyncOperation]]
         done = self._iterating(keys, timeout, _Completed)
         return _Block(done, "as_completed", "done", "operation")
@@ -523,9 +524,7 @@ class Poller:
         :class:`TimeoutError` once ``timeout`` seconds have passed since entering, and the
         Session's errors. Bad arguments raise at the call.
         """
-        keys = list(dict.fromkeys(self._keys(ids, space_id)))
-        if timeout is not None:
-            check_seconds("timeout", timeout)
+        keys = list(dict.fromkeys(self._keys(ids, space_id, timeout)))
         events: AbstractAsyncContextManager[AsyncIterator[ProgressEvent]]
         events = self._iterating(keys, timeout, _Events)
         return _Block(events, "watch", "events", "event")

@@ -9,18 +9,13 @@ from datetime import UTC, datetime
 
 import attrs
 
+from ._validation import finite_seconds
+
 __all__ = ["MAX_RETRY_AFTER", "RetryPolicy", "parse_retry_after"]
 
 #: The longest ``Retry-After`` honoured, in seconds (one day): a longer hint is a server
 #: bug, and honouring it would stall a worker for good.
 MAX_RETRY_AFTER = 86_400
-
-
-def _finite(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"RetryPolicy.{attribute.name} must be a number")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"RetryPolicy.{attribute.name} must be finite and >= 0, got {value!r}")
 
 
 @attrs.frozen
@@ -38,9 +33,9 @@ class RetryPolicy:
     """
 
     attempts: int = attrs.field(default=6, validator=attrs.validators.ge(1))
-    initial: float = attrs.field(default=0.2, validator=_finite)
-    maximum: float = attrs.field(default=10.0, validator=_finite)
-    timeout: float = attrs.field(default=60.0, validator=_finite)
+    initial: float = attrs.field(default=0.2, validator=finite_seconds)
+    maximum: float = attrs.field(default=10.0, validator=finite_seconds)
+    timeout: float = attrs.field(default=60.0, validator=finite_seconds)
 
     def backoff(self, retry: int, rng: random.Random) -> float:
         """The jittered sleep before retry number ``retry`` (1 for the first retry)."""

@@ -8,10 +8,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from typing import Any
 
 __all__ = [
     "check_count",
     "check_seconds",
+    "finite_seconds",
     "check_token",
     "token_problem",
     "validate_operation_id",
@@ -101,6 +103,11 @@ def check_seconds(name: str, value: object, *, allow_zero: bool = True) -> float
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
     return number
+
+
+def finite_seconds(instance: object, attribute: Any, value: object) -> None:
+    """An attrs validator: ``value`` is a finite number of seconds >= 0 (``check_seconds``)."""
+    check_seconds(f"{type(instance).__name__}.{attribute.name}", value)
 
 
 def check_count(name: str, value: object, *, minimum: int = 1) -> int:

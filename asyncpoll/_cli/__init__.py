@@ -40,6 +40,7 @@ the run (2, 3 and 130 keep their meaning).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
 import importlib.util
@@ -47,7 +48,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, NoReturn, Protocol
 
@@ -123,14 +124,20 @@ class _UsageError(Exception):
     """A mistake of the caller's: exit 2 with this message."""
 
 
-class _Outage(Exception):
-    """No status request succeeded for ``--outage-timeout`` seconds: exit 3."""
-
-    def __init__(self, seconds: float, started: float, error: AsyncpollError) -> None:
-        super().__init__(
+@contextlib.contextmanager
+def _outage(seconds: float) -> Iterator[None]:
+    """Turn the transient error that ends a command into the one line of an outage: only
+    ``--outage-timeout`` hands a command a transient error (exit 3, as any AsyncpollError)."""
+    started = time.monotonic()
+    try:
+        yield
+    except AsyncpollError as exc:
+        if not is_transient(exc):
+            raise
+        raise AsyncpollError(
             f"no status request succeeded in {time.monotonic() - started:.1f} s of retries "
-            f"(--outage-timeout {seconds:g} s); last error: {error}"
-        )
+            f"(--outage-timeout {seconds:g} s); last error: {exc}"
+        ) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -459,24 +466,19 @@ async def _follow(
         not_found_grace=not_found_grace,
         outage_timeout=outage_timeout,
     )
-    started = time.monotonic()
     async with session, poller:
         with view:
             async with anyio.create_task_group() as tg:
                 if view.live:
                     tg.start_soon(_tick, view, poller)
                 try:
-                    async with poller.watch(tally.ids, timeout=timeout) as events:
-                        async for event in events:
-                            tally.add(event)
-                            view.event(event)
+                    with _outage(outage_timeout):
+                        async with poller.watch(tally.ids, timeout=timeout) as events:
+                            async for event in events:
+                                tally.add(event)
+                                view.event(event)
                 except TimeoutError:
                     tally.timed_out = True
-                except AsyncpollError as exc:
-                    if not is_transient(exc):
-                        raise
-                    # Only the outage timeout hands a caller a transient error.
-                    raise _Outage(outage_timeout, started, exc) from None
                 finally:
                     tg.cancel_scope.cancel()
             view.refresh(poller.statistics())
@@ -589,16 +591,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 async def _get(
     session: Session, ids: list[str], timeout: float | None, outage_timeout: float
 ) -> list[AsyncOperation]:
-    started = time.monotonic()
     async with session:
-        with anyio.fail_after(timeout):
-            try:
-                return await session.get_operations(ids)
-            except AsyncpollError as exc:
-                if not is_transient(exc):
-                    raise
-                # The Session retried transient failures for up to the outage timeout.
-                raise _Outage(outage_timeout, started, exc) from None
+        with anyio.fail_after(timeout), _outage(outage_timeout):
+            return await session.get_operations(ids)
 
 
 def _cmd_get(args: argparse.Namespace) -> int:
@@ -675,8 +670,6 @@ def _classify(exc: BaseException, token_env: str | None) -> tuple[int, str | Non
         return EXIT_USAGE, str(leaf)
     if isinstance(leaf, TimeoutError):
         return EXIT_UNKNOWN, "timed out"
-    if isinstance(leaf, _Outage):
-        return EXIT_UNKNOWN, str(leaf)
     if isinstance(leaf, AsyncpollError):
         # Not found, or transport and server errors that outlasted the retries.
         return EXIT_UNKNOWN, str(leaf)
