@@ -11,12 +11,12 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import attrs
 
-from ._batching import encode_id, plan_batches, too_long
+from ._batching import BatchPlanner
 from ._errors import (
     APIError,
     AsyncpollError,
@@ -44,7 +44,7 @@ from ._validation import (
     validate_operation_ids,
     validate_space_id,
 )
-from ._wire import Endpoint, parse_body
+from ._wire import Endpoint, Status, decode_operations, decode_statuses, parse_body
 
 __all__ = ["DEFAULT_BASE_URL", "Session", "SessionStatistics", "TokenProvider"]
 
@@ -55,7 +55,6 @@ DEFAULT_BASE_URL = "https://api.seismic.com"
 TokenProvider = Callable[[], Awaitable[str]]
 
 _MAX_LOGGED_UNKNOWN_STATES = 64
-_MAX_CACHED_PATHS = 1024
 
 
 def _is_loopback(host: str) -> bool:
@@ -76,9 +75,20 @@ class BatchResult:
     ``id_errors`` holds IDs the server refused one by one (a 400 for a single-ID request).
     """
 
-    operations: list[AsyncOperation]
+    operations: Sequence[Status]
     retry_after: float | None = None
     id_errors: Mapping[str, APIError] = attrs.field(factory=dict)
+
+
+class Tally:
+    """Requests sent and retries made by some calls: a Session's own, or those a Poller
+    made through it (so two Pollers on one Session each count their own)."""
+
+    __slots__ = ("requests", "retries")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.retries = 0
 
 
 @attrs.frozen
@@ -167,11 +177,15 @@ class Session:
         self._binding: LoopBinding | None = None
         self._entered = False
         self._logged: set[str] = set()
-        self._paths: dict[str, tuple[str, int]] = {}
+        self._planner = BatchPlanner(
+            self._base,
+            self._endpoint.path,
+            self._endpoint.ids_param,
+            max_batch_size=self.max_batch_size,
+            max_url_length=self.max_url_length,
+        )
         self._pauses = 0
-        #: Requests sent and retries made, for statistics.
-        self.requests_sent = 0
-        self.retries = 0
+        self._tally = Tally()  # every request and retry of this Session
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -232,6 +246,16 @@ class Session:
         self._binding.check()
         return self._limiter
 
+    @property
+    def requests_sent(self) -> int:
+        """HTTP requests sent so far (as in :meth:`statistics`)."""
+        return self._tally.requests
+
+    @property
+    def retries(self) -> int:
+        """Retries made so far after transient failures (as in :meth:`statistics`)."""
+        return self._tally.retries
+
     def __repr__(self) -> str:
         return f"<asyncpoll.Session base_url={self._base!r} space_id={self.space_id!r}>"
 
@@ -257,8 +281,8 @@ class Session:
         unique = validate_operation_ids(ids)
         if not unique:
             return []
-        parts = self._encode(unique, space)
-        chunks = self._plan(parts, space)
+        parts = self._planner.encode_all(unique, space)
+        chunks = self._planner.plan(parts, space)
         results: list[BatchResult | None] = [None] * len(chunks)
         failure: list[Exception] = []
 
@@ -282,7 +306,8 @@ class Session:
             assert result is not None
             if result.id_errors:
                 raise next(iter(result.id_errors.values()))
-            operations.extend(result.operations)
+            # Asked without light=True: every status is a model.
+            operations.extend(cast(Sequence[AsyncOperation], result.operations))
         return operations
 
     def statistics(self) -> SessionStatistics:
@@ -291,61 +316,14 @@ class Session:
         if self._not_before and self._binding is not None:
             paused = max(0.0, self._not_before - self._binding.clock())
         return SessionStatistics(
-            requests=self.requests_sent,
-            retries=self.retries,
+            requests=self._tally.requests,
+            retries=self._tally.retries,
             rate_limit_pauses=self._pauses,
             paused_for=paused,
         )
 
-    # -- batching (shared with the Poller) ----------------------------------------------
-
     def _space(self, space_id: str | None) -> str:
         return self.space_id if space_id is None else validate_space_id(space_id)
-
-    def _space_path(self, space_id: str) -> tuple[str, int]:
-        """The URL up to the query for ``space_id``, and the length its path adds to the
-        request line (cached for a few spaces: every batch of every round needs them)."""
-        found = self._paths.get(space_id)
-        if found is None:
-            quoted = urllib.parse.quote(space_id, safe="")
-            url = self._base + self._endpoint.path.format(space_id=quoted)
-            found = (url, len(urllib.parse.urlsplit(url).path) + 1)
-            if len(self._paths) < _MAX_CACHED_PATHS:
-                self._paths[space_id] = found
-        return found
-
-    def _encode(self, ids: Sequence[str], space_id: str) -> list[str]:
-        """The query parts of validated ``ids``; :class:`ValueError` for an ID too long to
-        fit in one request."""
-        self._check_fit(ids, space_id)
-        param = self._endpoint.ids_param
-        return [encode_id(param, i) for i in ids]
-
-    def _check_fit(self, ids: Iterable[str], space_id: str) -> None:
-        """:class:`ValueError` if one of the validated ``ids`` alone is too long for
-        ``max_url_length`` (the Poller checks this when a caller registers, so that the
-        polling loop never meets such an ID)."""
-        param = self._endpoint.ids_param
-        room = self.max_url_length - self._space_path(space_id)[1]  # for "&param=ID"
-        for operation_id in ids:
-            # Percent-encoded, a character takes at most 12 bytes (4 UTF-8 bytes as "%XX"):
-            # only IDs that might not fit are encoded to be sure.
-            if len(param) + 2 + 12 * len(operation_id) <= room:
-                continue
-            if len(encode_id(param, operation_id)) + 1 > room:
-                raise too_long(operation_id, self.max_url_length)
-
-    def _encode_one(self, operation_id: str) -> str:
-        """The query part of one ID already checked by :meth:`_check_fit`."""
-        return encode_id(self._endpoint.ids_param, operation_id)
-
-    def _plan(self, parts: Sequence[str], space_id: str) -> list[tuple[int, int]]:
-        return plan_batches(
-            parts,
-            base_length=self._space_path(space_id)[1],
-            max_batch_size=self.max_batch_size,
-            max_url_length=self.max_url_length,
-        )
 
     # -- one batch, with retries, refresh and splitting ---------------------------------
 
@@ -355,12 +333,17 @@ class Session:
         ids: Sequence[str],
         parts: Sequence[str],
         previous: Mapping[str, AsyncOperation] | None = None,
+        tally: Tally | None = None,
+        *,
+        light: bool = False,
     ) -> BatchResult:
         """Send one planned batch (``parts`` are the encoded ``ids``), retrying transient
         failures and splitting it in halves on 400/414. ``previous`` lets the decoder
-        reuse unchanged operations."""
+        reuse unchanged operations; ``tally`` counts this call's requests and retries
+        (the seam the Poller sends its batches through)."""
         limiter = self._require_open()
-        url = self._space_path(space_id)[0] + "?" + "&".join(parts)
+        tally = tally if tally is not None else self._tally
+        url = self._planner.url(space_id, parts)
         started = anyio.current_time()
         deadline = started + self.retry.timeout
         tries = 0
@@ -374,11 +357,11 @@ class Session:
                 await self._wait_rate_limit(deadline)
                 async with limiter:
                     await self._wait_rate_limit(deadline)
-                    response = await self._send(url, token)
+                    response = await self._send(url, token, tally)
                 if response.status == 200:
-                    return self._read(response, url, ids, previous)
+                    return self._read(response, url, ids, previous, light)
             except TransportError as exc:
-                await self._backoff(exc, tries, started, None)
+                await self._backoff(exc, tries, started, None, tally)
                 continue
             status = response.status
             if status == 401 and self._provider is not None and not refreshed:
@@ -387,14 +370,14 @@ class Session:
                 await self._refresh(generation)
                 continue
             if status in (400, 414):
-                return await self._split(space_id, ids, parts, previous, response)
+                return await self._split(space_id, ids, parts, previous, response, tally, light)
             error = self._status_error(response, space_id, url, refreshed)
             if not is_transient(error):
                 raise error
             hint = parse_retry_after(response.headers.get("retry-after"))
             if status == 429:
                 self._pause(hint if hint is not None else self.retry.backoff(tries, self._rng))
-            await self._backoff(error, tries, started, hint)
+            await self._backoff(error, tries, started, hint, tally)
 
     def _status_error(
         self, response: Response, space_id: str, url: str, refreshed: bool
@@ -440,6 +423,8 @@ class Session:
         parts: Sequence[str],
         previous: Mapping[str, AsyncOperation] | None,
         response: Response,
+        tally: Tally,
+        light: bool,
     ) -> BatchResult:
         if len(ids) == 1:
             error = APIError(
@@ -450,16 +435,20 @@ class Session:
             return BatchResult([], id_errors={ids[0]: error})
         half = len(ids) // 2
         logger.debug("%s for a batch of %d IDs; retrying as two halves", response.status, len(ids))
-        first = await self._query_batch(space_id, ids[:half], parts[:half], previous)
-        second = await self._query_batch(space_id, ids[half:], parts[half:], previous)
+        first = await self._query_batch(
+            space_id, ids[:half], parts[:half], previous, tally, light=light
+        )
+        second = await self._query_batch(
+            space_id, ids[half:], parts[half:], previous, tally, light=light
+        )
         hints = [h for h in (first.retry_after, second.retry_after) if h is not None]
         return BatchResult(
-            first.operations + second.operations,
+            [*first.operations, *second.operations],
             retry_after=max(hints) if hints else None,
             id_errors={**first.id_errors, **second.id_errors},
         )
 
-    async def _send(self, url: str, token: str) -> Response:
+    async def _send(self, url: str, token: str, tally: Tally) -> Response:
         assert self._transport is not None
         request = Request(
             "GET",
@@ -472,7 +461,9 @@ class Session:
             timeout=self.timeout,
             max_response_size=self.max_response_size,
         )
-        self.requests_sent += 1
+        self._tally.requests += 1
+        if tally is not self._tally:
+            tally.requests += 1
         started = anyio.current_time()
         response: Response | None = None
         failure: str | None = None
@@ -512,13 +503,21 @@ class Session:
         url: str,
         ids: Sequence[str],
         previous: Mapping[str, AsyncOperation] | None,
+        light: bool,
     ) -> BatchResult:
-        """Decode a 200; keep each asked-for ID once (the first answer wins)."""
+        """Decode a 200; keep each asked-for ID once (the first answer wins). With
+        ``light`` and the default decoder, statuses of the default shape stay
+        :class:`~asyncpoll._wire.Light` records (the Poller builds models it needs)."""
         problem: str | None = None
         cause: BaseException | None = None
         decoded: list[Any] = []
+        custom = self._endpoint.decode is not decode_operations
         try:
-            decoded = list(self._endpoint.decode(parse_body(response.body), previous))
+            document = parse_body(response.body)
+            if light and not custom:
+                decoded = decode_statuses(document)
+            else:
+                decoded = list(self._endpoint.decode(document, previous))
         except InvalidResponseError as exc:
             problem = str(exc)
             cause = exc.__cause__
@@ -527,7 +526,7 @@ class Session:
             # Its exception stays the cause (a decoder never sees the token).
             problem = f"the endpoint's decoder raised {type(exc).__name__}: {str(exc)[:200]}"
             cause = exc
-        if problem is None and not all(isinstance(op, AsyncOperation) for op in decoded):
+        if problem is None and custom and not all(isinstance(op, AsyncOperation) for op in decoded):
             problem = "the endpoint's decoder returned something other than AsyncOperation"
         if problem is not None:
             raise InvalidResponseError(
@@ -536,16 +535,16 @@ class Session:
             ) from cause
         asked = set(ids)
         seen: set[str] = set()
-        operations: list[AsyncOperation] = []
+        operations: list[Status] = []
         for operation in decoded:
-            op_id = operation.id
-            if op_id in seen:
+            operation_id = operation.id
+            if operation_id in seen:
                 self._note_once("the server answered an operation ID twice in one body")
                 continue
-            if op_id not in asked:
+            if operation_id not in asked:
                 self._note_once("the server answered an operation ID that was not asked for")
                 continue
-            seen.add(op_id)
+            seen.add(operation_id)
             operations.append(operation)
             if operation.state is OperationState.UNKNOWN:
                 self._note_unknown_state(operation)
@@ -589,7 +588,12 @@ class Session:
             await anyio.sleep(delay)
 
     async def _backoff(
-        self, error: AsyncpollError, tries: int, started: float, hint: float | None
+        self,
+        error: AsyncpollError,
+        tries: int,
+        started: float,
+        hint: float | None,
+        tally: Tally,
     ) -> None:
         """Sleep before the next try, or raise ``error`` when the budget is spent."""
         delay = self.retry.backoff(tries, self._rng)
@@ -598,7 +602,9 @@ class Session:
         elapsed = anyio.current_time() - started
         if tries >= self.retry.attempts or elapsed + delay > self.retry.timeout:
             raise error
-        self.retries += 1
+        self._tally.retries += 1
+        if tally is not self._tally:
+            tally.retries += 1
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("retry %d in %.2f s after %s", tries, delay, error)
         await anyio.sleep(delay)
@@ -655,7 +661,7 @@ class Session:
                 what,
             )
 
-    def _note_unknown_state(self, operation: AsyncOperation) -> None:
+    def _note_unknown_state(self, operation: Status) -> None:
         raw: Any = operation.raw.get("state", operation.raw.get("status"))
         # reprlib: bounded in depth and length, whatever the server sent.
         key = "state " + reprlib.repr(raw)[:80]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ from hostile import closed_port
 from rich.console import Console
 
 from asyncpoll import _cli
+from asyncpoll._cli import _commands
+from asyncpoll._cli._exit import ExitCode
 from asyncpoll.testing import SimulatedServer
 
 SECRET = "test-token"
@@ -222,6 +225,14 @@ def test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
         assert line in out
 
 
+def test_readme_lists_the_exit_codes_of_the_table() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "\nExit codes: " in readme
+    paragraph = " ".join(readme.split("\nExit codes: ", 1)[1].split("\n\n", 1)[0].split())
+    listed = [int(code) for code in re.findall(r"(?:^|; )(\d+) ", paragraph)]
+    assert listed == [int(code) for code in ExitCode if not code.accident]
+
+
 # -- get --------------------------------------------------------------------------------
 
 
@@ -319,8 +330,8 @@ def test_demo_with_scripted_failures_exits_0(capsys: pytest.CaptureFixture[str])
 def terminal(monkeypatch: pytest.MonkeyPatch) -> Iterator[Console]:
     """Make the command believe stdout is a terminal and draw on a recording console."""
     console = Console(record=True, force_terminal=True, width=110, file=open(os.devnull, "w"))  # noqa: SIM115
-    monkeypatch.setattr(_cli, "_stdout_is_terminal", lambda: True)
-    monkeypatch.setattr(_cli, "_make_console", lambda: console)
+    monkeypatch.setattr(_commands, "_stdout_is_terminal", lambda: True)
+    monkeypatch.setattr(_commands, "_make_console", lambda: console)
     try:
         yield console
     finally:
@@ -364,7 +375,7 @@ def test_terminal_display_needs_rich_but_json_does_not(
     code, out, err = run(capsys, *watch(env, op_id), "--json")
     assert code == 0
     assert json_lines(out)[-1]["is_terminal"]
-    monkeypatch.setattr(_cli, "_stdout_is_terminal", lambda: True)
+    monkeypatch.setattr(_commands, "_stdout_is_terminal", lambda: True)
     code, out, err = run(capsys, *watch(env, op_id))
     assert (code, out) == (2, "")
     assert_one_error_line(err, "asyncpoll[cli]")

@@ -164,7 +164,8 @@ def assert_clean(poller: Poller) -> None:
     """Nothing tracked, nothing subscribed."""
     assert poller.statistics().watched == 0
     assert poller._subscriptions == set()
-    assert poller._entries == {}
+    assert poller._schedule.entries == {}
+    assert poller._schedule.space_sizes == {}
 
 
 def expected_states(server: SimulatedServer, ids: list[str]) -> dict[str, str]:
@@ -614,9 +615,11 @@ async def test_cancellation_at_random_points_under_load(server: SimulatedServer,
             everyone_left = time.monotonic()
             # Nothing tracked, nothing subscribed...
             assert_clean(poller)
-            # ... no task left but the Poller's own loop ...
-            assert await settled(lambda: running_tasks() == with_poller)
-            assert poller.statistics().in_flight == 0
+            # ... no task left but the Poller's own loop and workers, and no batch in flight
+            # (a worker leaves a cancelled batch at its next checkpoint) ...
+            assert await settled(
+                lambda: running_tasks() == with_poller and poller.statistics().in_flight == 0
+            )
             # ... and no request for those IDs after the last caller left: none left the
             # client, and once the requests already sent are logged the server sees no more.
             assert [s.start for s in recorder.sent if s.start > everyone_left] == []
@@ -730,9 +733,9 @@ async def test_finished_operations_are_forgotten_after_the_window_even_when_idle
                 assert poller.statistics().remembered == 200
                 # Nobody calls and nothing is polled: the memory empties on its own.
                 assert await settled(lambda: poller.statistics().remembered == 0)
-                assert not poller._memory_order
+                assert poller._memory.empty
                 assert_clean(poller)
-                assert all(not heap for heap in poller._heaps.values())
+                assert poller._schedule.idle
             # Forgotten means asked again: a late caller gets a fresh answer.
             sent = len(server.requests)
             assert (await poller.wait(ids[0], timeout=30)).id == ids[0]

@@ -610,3 +610,32 @@ async def test_repr_names_the_package_and_hides_the_token(server: SimulatedServe
         text = repr(poller)
         assert text.startswith("<asyncpoll.Poller")
         assert "canary-5ecr3t" not in text
+
+
+# -- the Session seam ---------------------------------------------------------------------
+
+
+async def test_two_pollers_on_one_session_count_their_own_requests(
+    server: SimulatedServer,
+) -> None:
+    first_ids = server.add_operations(5, window=0.05)
+    second_ids = server.add_operations(5, window=0.05)
+    async with Session(server.url, token=server.token or "") as session:
+        async with Poller(session, interval=FAST) as one, Poller(session, interval=FAST) as two:
+            before = len(server.requests)
+            await one.wait_all(first_ids, timeout=10)
+            one_sent = one.statistics().requests
+            assert two.statistics().requests == 0
+            await two.wait_all(second_ids, timeout=10)
+            assert one.statistics().requests == one_sent
+            assert two.statistics().requests > 0
+            total = one.statistics().requests + two.statistics().requests
+            assert session.statistics().requests == total
+            assert len(server.requests) - before == total
+
+
+async def test_wait_takes_operation_id_by_keyword(server: SimulatedServer) -> None:
+    operation_id = server.add_operation(duration=0.02)
+    async with open_poller(server) as poller:
+        operation = await poller.wait(operation_id=operation_id, timeout=10)
+        assert operation.id == operation_id

@@ -92,8 +92,8 @@ def poll_until(
         time.sleep(0.005)
 
 
-def one(client: httpx.Client, op_id: str, **kwargs: Any) -> dict[str, Any] | None:
-    found = entries(get(client, [op_id], **kwargs))
+def one(client: httpx.Client, operation_id: str, **kwargs: Any) -> dict[str, Any] | None:
+    found = entries(get(client, [operation_id], **kwargs))
     return found[0] if found else None
 
 
@@ -121,8 +121,9 @@ def test_invalid_arguments() -> None:
         simulated.add_space("no")
     with pytest.raises(ValueError, match="outcome"):
         simulated.add_operation(outcome="exploded")
-    with pytest.raises(ValueError, match="op_id"):
+    with pytest.raises(ValueError, match="operation_id"):
         simulated.add_operation("")
+    assert simulated.add_operation(operation_id="by-keyword") == "by-keyword"
     with pytest.raises(KeyError):
         simulated.set_operation("unknown", state="Running")
     with pytest.raises(RuntimeError, match="not running"):
@@ -163,7 +164,7 @@ def test_stop_does_not_wait_for_hanging_requests() -> None:
 
     caller = threading.Thread(target=call)
     caller.start()
-    poll_until(lambda: None, lambda _: not simulated._scripts)  # the request took it
+    poll_until(lambda: None, lambda _: not simulated._state._scripts)  # the request took it
     simulated.stop()
     caller.join(timeout=5)
     assert not caller.is_alive()
@@ -227,16 +228,16 @@ def test_default_shape(server: SimulatedServer, client: httpx.Client) -> None:
 
 
 def test_script_progression(server: SimulatedServer, client: httpx.Client) -> None:
-    op_id = server.add_operation(
+    operation_id = server.add_operation(
         start_after=0.1, duration=0.1, progress_step=25, created_resource_ids=["p1"]
     )
-    assert server.operation_json(op_id)["state"] == "NotStarted"
-    assert len(op_id) == 22
-    assert op_id.isalnum()
-    completion = server.completion_time(op_id)
+    assert server.operation_json(operation_id)["state"] == "NotStarted"
+    assert len(operation_id) == 22
+    assert operation_id.isalnum()
+    completion = server.completion_time(operation_id)
     assert completion is not None
     seen = poll_until(
-        lambda: one(client, op_id), lambda e: e is not None and e["state"] == "Succeeded"
+        lambda: one(client, operation_id), lambda e: e is not None and e["state"] == "Succeeded"
     )
     found = [e for e in seen if e is not None]
     order = ["NotStarted", "Running", "Succeeded"]
@@ -252,9 +253,9 @@ def test_script_progression(server: SimulatedServer, client: httpx.Client) -> No
 
 @pytest.mark.parametrize("outcome", ["failed", "canceled"])
 def test_unsuccessful_outcomes(server: SimulatedServer, client: httpx.Client, outcome: str) -> None:
-    op_id = server.add_operation(duration=0.05, outcome=outcome, progress_step=10)
+    operation_id = server.add_operation(duration=0.05, outcome=outcome, progress_step=10)
     seen = poll_until(
-        lambda: one(client, op_id), lambda e: e is not None and e["state"] != "Running"
+        lambda: one(client, operation_id), lambda e: e is not None and e["state"] != "Running"
     )
     last = seen[-1]
     assert last is not None
@@ -265,48 +266,50 @@ def test_unsuccessful_outcomes(server: SimulatedServer, client: httpx.Client, ou
 
 
 def test_eventual_consistency(server: SimulatedServer, client: httpx.Client) -> None:
-    op_id = server.add_operation(visible_after=0.05)
-    assert entries(get(client, [op_id])) == []
-    poll_until(lambda: one(client, op_id), lambda e: e is not None)
+    operation_id = server.add_operation(visible_after=0.05)
+    assert entries(get(client, [operation_id])) == []
+    poll_until(lambda: one(client, operation_id), lambda e: e is not None)
 
 
 def test_set_operation_freezes(server: SimulatedServer, client: httpx.Client) -> None:
-    op_id = server.add_operation(duration=float("inf"), visible_after=3600)
-    server.set_operation(op_id, percent_complete=42.5)
-    entry = one(client, op_id)
+    operation_id = server.add_operation(duration=float("inf"), visible_after=3600)
+    server.set_operation(operation_id, percent_complete=42.5)
+    entry = one(client, operation_id)
     assert entry is not None  # freezing makes it visible
     assert (entry["state"], entry["percentComplete"]) == ("Running", 42.5)
-    assert server.completion_time(op_id) is None
+    assert server.completion_time(operation_id) is None
 
-    server.set_operation(op_id, state="Paused", extra={"owner": "bob", "percentComplete": "n/a"})
-    entry = one(client, op_id)
+    server.set_operation(
+        operation_id, state="Paused", extra={"owner": "bob", "percentComplete": "n/a"}
+    )
+    entry = one(client, operation_id)
     assert entry is not None
     assert entry["state"] == "Paused"
     assert entry["percentComplete"] == "n/a"
     assert entry["owner"] == "bob"
 
     before = time.monotonic()
-    server.set_operation(op_id, state="Succeeded")
-    entry = one(client, op_id)
+    server.set_operation(operation_id, state="Succeeded")
+    entry = one(client, operation_id)
     assert entry is not None
     assert entry["state"] == "Succeeded"
     assert entry["percentComplete"] == "n/a"  # the extra still overrides
     assert entry["result"] == {"createdResourceIds": ["prog_1", "task_1"]}
-    completion = server.completion_time(op_id)
+    completion = server.completion_time(operation_id)
     assert completion is not None
     assert completion >= before
 
-    server.set_operation(op_id, state="Failed", error="boom")
-    entry = one(client, op_id)
+    server.set_operation(operation_id, state="Failed", error="boom")
+    entry = one(client, operation_id)
     assert entry is not None
     assert entry["error"] == {"code": "OperationFailed", "message": "boom", "details": []}
     assert entry["result"] is None
 
-    server.set_operation(op_id, result={"createdResourceIds": []}, error={"code": "X"})
-    assert server.operation_json(op_id)["error"] == {"code": "X"}
+    server.set_operation(operation_id, result={"createdResourceIds": []}, error={"code": "X"})
+    assert server.operation_json(operation_id)["error"] == {"code": "X"}
 
-    server.remove_operation(op_id)
-    assert entries(get(client, [op_id])) == []
+    server.remove_operation(operation_id)
+    assert entries(get(client, [operation_id])) == []
 
 
 def test_add_operations(server: SimulatedServer, client: httpx.Client) -> None:
@@ -381,10 +384,10 @@ def test_variant_states(
 def test_variant_percent(
     server: SimulatedServer, client: httpx.Client, key: str | None, as_string: bool
 ) -> None:
-    op_id = server.add_operation(duration=float("inf"))
-    server.set_operation(op_id, percent_complete=42.5)
+    operation_id = server.add_operation(duration=float("inf"))
+    server.set_operation(operation_id, percent_complete=42.5)
     server.variant = WireVariant(percent_key=key, percent_as_string=as_string)
-    (entry,) = entries(get(client, [op_id]))
+    (entry,) = entries(get(client, [operation_id]))
     assert "percentComplete" not in entry
     if key is None:
         assert not {"progress", "percentage"} & set(entry)
@@ -455,12 +458,12 @@ def test_spaces_and_ids(server: SimulatedServer, client: httpx.Client) -> None:
     assert client.get("/programs/v2/spaces/default/other?asyncOperationIds=x").status_code == 404
     assert client.post(path_for(["x"])).status_code == 405
     # A space ID is decoded from the raw path.
-    op_id = server.add_operation(space_id="rkr83lap-KkyC_JuLLWq", duration=0)
+    operation_id = server.add_operation(space_id="rkr83lap-KkyC_JuLLWq", duration=0)
     encoded = "/programs/v2/spaces/rkr83lap%2DKkyC%5FJuLLWq/asyncOperations"
-    found = entries(client.get(f"{encoded}?asyncOperationIds={op_id}"))
-    assert [e["id"] for e in found] == [op_id]
+    found = entries(client.get(f"{encoded}?asyncOperationIds={operation_id}"))
+    assert [e["id"] for e in found] == [operation_id]
     # Operations of another space are absent.
-    assert entries(get(client, [op_id])) == []
+    assert entries(get(client, [operation_id])) == []
 
 
 def test_max_ids_per_request(server: SimulatedServer, client: httpx.Client) -> None:
@@ -480,8 +483,8 @@ def test_per_user_visibility(server: SimulatedServer, client: httpx.Client) -> N
 
 def test_special_character_ids(server: SimulatedServer, client: httpx.Client) -> None:
     weird = ["a&b=c", "x#y", "p/q", "100%", "what?", "sp ace", "plus+sign", "héllo ✓", "="]
-    for op_id in weird:
-        server.add_operation(op_id, duration=0)
+    for operation_id in weird:
+        server.add_operation(operation_id, duration=0)
     found = entries(get(client, weird))
     assert [e["id"] for e in found] == weird
     assert server.requests[-1].ids == tuple(weird)
@@ -569,7 +572,7 @@ def test_faults_are_seeded() -> None:
 
 
 def test_scripted_responses(server: SimulatedServer, client: httpx.Client) -> None:
-    op_id = server.add_operation(duration=0)
+    operation_id = server.add_operation(duration=0)
     server.script(
         ScriptedResponse(302, headers={"Location": "http://example.invalid/"}),
         ScriptedResponse(429, headers={"Retry-After": "2"}),
@@ -579,22 +582,22 @@ def test_scripted_responses(server: SimulatedServer, client: httpx.Client) -> No
         ScriptedResponse(disconnect=True, delay=0.01),
     )
     anonymous = {"Authorization": "Bearer nobody"}
-    redirect = get(client, [op_id], headers=anonymous)  # scripts come before authorization
+    redirect = get(client, [operation_id], headers=anonymous)  # scripts come before authorization
     assert redirect.status_code == 302
     assert redirect.headers["location"] == "http://example.invalid/"
-    limited = get(client, [op_id])
+    limited = get(client, [operation_id])
     assert (limited.status_code, limited.headers["retry-after"]) == (429, "2")
     assert "error" in limited.json()
-    assert get(client, [op_id]).content == b"not json"
-    normal = get(client, [op_id])
+    assert get(client, [operation_id]).content == b"not json"
+    normal = get(client, [operation_id])
     assert normal.headers["retry-after"] == "3"
-    assert [e["id"] for e in entries(normal)] == [op_id]
-    unauthorized = get(client, [op_id])
+    assert [e["id"] for e in entries(normal)] == [operation_id]
+    unauthorized = get(client, [operation_id])
     assert unauthorized.status_code == 401
     assert unauthorized.headers["www-authenticate"] == "Bearer"
     with pytest.raises(httpx.RemoteProtocolError):
-        get(client, [op_id])
-    assert get(client, [op_id]).status_code == 200  # the queue is empty again
+        get(client, [operation_id])
+    assert get(client, [operation_id]).status_code == 200  # the queue is empty again
     assert [r.status for r in server.requests] == [302, 429, 200, 200, 401, 0, 200]
 
 
@@ -630,8 +633,8 @@ def test_request_log(server: SimulatedServer, client: httpx.Client) -> None:
 
 def test_log_limit() -> None:
     with SimulatedServer(log_limit=2) as simulated, httpx.Client(base_url=simulated.url) as http:
-        for op_id in "abc":
-            get(http, [op_id])
+        for operation_id in "abc":
+            get(http, [operation_id])
         assert [r.ids for r in simulated.requests] == [("b",), ("c",)]
 
 

@@ -24,7 +24,7 @@ from asyncpoll import (
     Session,
     decode_operations,
 )
-from asyncpoll._wire import parse_body
+from asyncpoll._wire import Light, _structure, decode_statuses, parse_body
 
 S = OperationState
 
@@ -573,3 +573,46 @@ async def test_a_broken_custom_decoder_is_an_invalid_response_caused_by_its_erro
 @pytest.mark.parametrize("empty", [None, "", {}, [], False])
 def test_empty_error_values_mean_no_error(empty: object) -> None:
     assert one({"id": "a", "state": "Running", "error": empty}).error is None
+
+
+# -- the Poller's light records ------------------------------------------------------------
+
+_STATES = st.sampled_from(["Running", "NotStarted", "Succeeded", "Not Started", "weird", ""])
+_PERCENTS = st.one_of(
+    st.none(), st.integers(-5, 105), st.floats(allow_nan=True), st.text(max_size=4)
+)
+
+
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {"id": st.text(min_size=1, max_size=8), "state": _STATES},
+            optional={"percentComplete": _PERCENTS, "extra": st.integers()},
+        ),
+        max_size=5,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_light_records_read_as_the_converter_reads(entries: list[dict[str, Any]]) -> None:
+    statuses = decode_statuses(entries)
+    assert len(statuses) == len(entries)
+    for entry, status in zip(entries, statuses, strict=True):
+        expected = _structure(entry)
+        assert expected is not None
+        model = status.model() if isinstance(status, Light) else status
+        assert model == expected
+        assert model.percent_complete == expected.percent_complete  # NaN-free: clamped or None
+        assert model.raw is entry
+
+
+def test_entries_beyond_the_default_shape_are_models() -> None:
+    entries = [
+        {"id": "a", "state": "Running"},
+        {"id": "b", "state": "Succeeded", "result": {"createdResourceIds": ["x"]}},
+        {"id": "c", "status": "Running"},
+        {"id": 7, "state": "Running"},
+        {"id": "d", "state": "Failed", "error": "boom"},
+    ]
+    statuses = decode_statuses(entries)
+    assert [type(s) for s in statuses] == [Light] + [AsyncOperation] * 4
+    assert [s.id for s in statuses] == ["a", "b", "c", "7", "d"]

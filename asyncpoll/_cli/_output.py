@@ -16,15 +16,9 @@ from typing import Any, TextIO
 
 from .._models import AsyncOperation, OperationState
 from .._poller import ProgressEvent
+from ._exit import ExitCode
 
 __all__ = [
-    "EXIT_FAILED",
-    "EXIT_INTERNAL",
-    "EXIT_INTERRUPTED",
-    "EXIT_OK",
-    "EXIT_PIPE",
-    "EXIT_UNKNOWN",
-    "EXIT_USAGE",
     "Tally",
     "clean",
     "describe",
@@ -33,14 +27,6 @@ __all__ = [
     "record",
     "write_json_line",
 ]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNKNOWN = 3
-EXIT_INTERNAL = 70
-EXIT_INTERRUPTED = 130
-EXIT_PIPE = 141
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _FAILED_STATES = frozenset({OperationState.FAILED, OperationState.CANCELED})
@@ -189,7 +175,7 @@ class Tally:
     def exit_code(self) -> int:
         """3 if any outcome is unknown (timeout, not found), else 1 if any failed, else 0."""
         if self.timed_out or self.unfinished or self.not_found:
-            return EXIT_UNKNOWN
+            return ExitCode.UNKNOWN
         if self.failed:
-            return EXIT_FAILED
-        return EXIT_OK
+            return ExitCode.FAILED
+        return ExitCode.OK

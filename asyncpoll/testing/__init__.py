@@ -8,7 +8,7 @@ plain threads::
     from asyncpoll.testing import SimulatedServer
 
     with SimulatedServer(seed=1) as server:
-        op_id = server.add_operation(duration=0.2)
+        operation_id = server.add_operation(duration=0.2)
         ...  # point a Session at server.url with server.token
 
 Run ``python -m asyncpoll.testing --help`` to serve it from the command line.

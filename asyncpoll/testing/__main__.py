@@ -76,11 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The IDs file is complete before the url= line: a reader may use it at once.
         if args.ids_file is not None:
             with open(args.ids_file, "w", encoding="utf-8") as file:
-                file.writelines(f"{op_id}\n" for op_id in ids)
+                file.writelines(f"{operation_id}\n" for operation_id in ids)
         out = sys.stdout
         out.write(f"url={server.url}\ntoken={args.token}\n")
         if args.ids_file is None:
-            out.writelines(f"{op_id}\n" for op_id in ids)
+            out.writelines(f"{operation_id}\n" for operation_id in ids)
         out.flush()
         # Waiting in slices keeps the main thread responsive to Ctrl-C.
         while not stopping.wait(0.5):

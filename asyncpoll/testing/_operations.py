@@ -91,7 +91,7 @@ class Operation:
 
     def __init__(
         self,
-        op_id: str,
+        operation_id: str,
         space: str,
         user: str,
         seq: int,
@@ -105,7 +105,7 @@ class Operation:
         err_code: str,
         err_msg: str,
     ) -> None:
-        self.id = op_id
+        self.id = operation_id
         self.space = space
         self.user = user
         self.seq = seq
@@ -179,6 +179,8 @@ def error_message(error: Any) -> str:
     return str(error)
 
 
+# Plain dicts, not AsyncOperation unstructured by cattrs: the simulator serves wire shapes
+# the models cannot represent (any state string, any extra field overriding any other).
 def _entry(
     op: Operation,
     state: Any,
@@ -207,47 +209,47 @@ def render(op: Operation, now: float, clock: Clock) -> dict[str, Any]:
     cached = op.cache
     if cached is not None:
         return cached
-    frozen = op.frozen
-    if frozen is not None:
-        entry = _entry(
-            op,
-            frozen["state"],
-            frozen["percentComplete"],
-            frozen["result"],
-            frozen["error"],
-            clock,
-            op.frozen_at,
-        )
-        op.cache = entry
+    if op.frozen is not None:
+        entry = op.cache = _frozen_entry(op, op.frozen, clock)
         return entry
-    start = op.start_at
-    if now < start:
+    if now < op.start_at:
         pending = op.pending
         if pending is None:
             pending = op.pending = _entry(op, "NotStarted", 0, None, None, clock, op.created)
         return pending
-    end = op.end_at
-    if now < end:
-        percent = op.progress(now)
-        running = op.running
-        if running is not None and op.running_pct == percent:
-            return running
-        span = end - start
-        updated = start + span * percent / 100.0 if math.isfinite(span) else start
-        running = _entry(op, "Running", number(percent), None, None, clock, updated)
-        op.running = running
-        op.running_pct = percent
-        return running
-    outcome = op.outcome
-    if outcome == "Succeeded":
-        entry = _entry(op, outcome, 100, op.result(), None, clock, end)
-    elif outcome == "Failed":
-        entry = _entry(op, outcome, number(op.last_progress()), None, default_error(op), clock, end)
-    else:
-        entry = _entry(op, outcome, number(op.last_progress()), None, None, clock, end)
-    op.cache = entry
+    if now < op.end_at:
+        return _running_entry(op, now, clock)
+    entry = op.cache = _final_entry(op, clock)
     op.pending = op.running = None
     return entry
+
+
+def _frozen_entry(op: Operation, frozen: dict[str, Any], clock: Clock) -> dict[str, Any]:
+    state, percent = frozen["state"], frozen["percentComplete"]
+    return _entry(op, state, percent, frozen["result"], frozen["error"], clock, op.frozen_at)
+
+
+def _running_entry(op: Operation, now: float, clock: Clock) -> dict[str, Any]:
+    """The entry while running, rebuilt only when the floored progress moves."""
+    percent = op.progress(now)
+    running = op.running
+    if running is not None and op.running_pct == percent:
+        return running
+    start = op.start_at
+    span = op.end_at - start
+    updated = start + span * percent / 100.0 if math.isfinite(span) else start
+    running = _entry(op, "Running", number(percent), None, None, clock, updated)
+    op.running = running
+    op.running_pct = percent
+    return running
+
+
+def _final_entry(op: Operation, clock: Clock) -> dict[str, Any]:
+    outcome, end = op.outcome, op.end_at
+    if outcome == "Succeeded":
+        return _entry(op, outcome, 100, op.result(), None, clock, end)
+    error = default_error(op) if outcome == "Failed" else None
+    return _entry(op, outcome, number(op.last_progress()), None, error, clock, end)
 
 
 def _spell(state: str, style: str) -> str:

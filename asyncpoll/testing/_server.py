@@ -1,24 +1,20 @@
 """The simulated status endpoint: an aiohttp server on loopback, in a thread of its own.
 
 The server runs its own asyncio event loop in a daemon thread, so tests on asyncio and on
-trio (or plain synchronous code) in the main thread can all talk to it. All state the
-test code and the server thread share is guarded by one :class:`threading.Lock`; the lock
-is held only for O(IDs in the request) work, and responses are serialised outside it.
+trio (or plain synchronous code) in the main thread can all talk to it. This module is
+the HTTP side (routing, parsing the request, authorization, writing the answer) and the
+public façade; everything the test code and the server thread share lives in a
+:class:`~._state.SimulatorState`, whose lock is never held while a response is
+serialised.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import http
-import math
-import random
-import re
-import string
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -27,41 +23,19 @@ from urllib.parse import unquote, unquote_plus
 import orjson
 from aiohttp import web
 
-from ._operations import (
-    CANONICAL_STATES,
-    OUTCOMES,
-    TERMINAL_STATES,
-    Clock,
-    Operation,
-    apply_variant,
-    default_error,
-    number,
-    render,
-)
 from ._records import Faults, LoggedRequest, ScriptedResponse, WireVariant
+from ._state import DEFAULT_VARIANT, FaultKind, Principal, SimulatorState, valid_space
 
 __all__ = ["SimulatedServer"]
 
-_SPACE_RE = re.compile(r"[A-Za-z0-9_-]{7,22}")
 _PATH_PREFIX = "/programs/v2/spaces/"
 _PATH_SUFFIX = "/asyncOperations"
 _IDS_PARAM = "asyncOperationIds"
 _ACCESS_SCOPES = frozenset({"view", "manage"})
-_ID_ALPHABET = string.ascii_letters + string.digits
-# Maps every byte to a letter or digit: random bytes become random IDs in one call.
-_ID_TABLE = bytes(ord(_ID_ALPHABET[i % len(_ID_ALPHABET)]) for i in range(256))
-_ID_LENGTH = 22
 _JSON = "application/json"
 _MALFORMED_BODY = b'[{"id": "'
 # How long stop() lets in-flight requests finish before cancelling them.
 _SHUTDOWN_GRACE = 0.1
-_DEFAULT_VARIANT = WireVariant()
-
-_Principal = tuple[str, frozenset[str]]
-
-
-def _valid_space(space_id: str) -> bool:
-    return space_id == "default" or _SPACE_RE.fullmatch(space_id) is not None
 
 
 def _seconds(value: float) -> str:
@@ -72,7 +46,7 @@ def _seconds(value: float) -> str:
 def _error_body(status: int, message: str | None = None) -> bytes:
     try:
         phrase = http.HTTPStatus(status).phrase
-    except ValueError:
+    except ValueError:  # a status of a script or of Faults.error_status, such as 599
         phrase = "Error"
     code = phrase.replace(" ", "").replace("-", "")
     return orjson.dumps({"error": {"code": code, "message": message or phrase}})
@@ -110,6 +84,17 @@ def _bearer(header: str | None) -> str | None:
     return credentials or None
 
 
+def _space_of(path: str) -> str | None:
+    """The decoded space ID of a status endpoint path, or ``None`` for any other path."""
+    if (
+        path.startswith(_PATH_PREFIX)
+        and path.endswith(_PATH_SUFFIX)
+        and "/" not in path[len(_PATH_PREFIX) : -len(_PATH_SUFFIX)]
+    ):
+        return unquote(path[len(_PATH_PREFIX) : -len(_PATH_SUFFIX)], errors="replace")
+    return None
+
+
 class _Answer:
     """A response decided under the lock, built into an aiohttp response outside it."""
 
@@ -139,8 +124,61 @@ class _Answer:
         return web.Response(body=body, status=self.status, headers=headers)
 
 
+def _fault_answer(kind: FaultKind, faults: Faults) -> _Answer:
+    """The answer of a drawn fault other than a disconnect."""
+    if kind is FaultKind.ERROR:
+        return _Answer(faults.error_status)
+    if kind is FaultKind.RATE_LIMIT:
+        if faults.retry_after_http_date:
+            retry = email.utils.formatdate(time.time() + faults.retry_after, usegmt=True)
+        else:
+            retry = _seconds(faults.retry_after)
+        return _Answer(429, headers={"Retry-After": retry})
+    return _Answer(200, body=_MALFORMED_BODY)
+
+
 class _Drop(Exception):
     """Internal: drop the connection without answering."""
+
+
+class _Exchange:
+    """One request being handled: what the log will record of it."""
+
+    __slots__ = ("arrival", "ids", "logged", "method", "path", "principal", "query", "space_id")
+
+    def __init__(self, request: web.BaseRequest, state: SimulatorState) -> None:
+        self.arrival = time.monotonic()
+        self.method = request.method
+        self.path, _, self.query = request.raw_path.partition("?")
+        token = _bearer(request.headers.get("Authorization"))
+        self.ids = _ids_of(self.query)
+        self.space_id = ""
+        self.principal: Principal | None = state.principal(token)
+        self.logged = False
+
+    def record(self, status: int) -> LoggedRequest:
+        principal = self.principal
+        return LoggedRequest(
+            time=self.arrival,
+            method=self.method,
+            path=self.path,
+            query=self.query,
+            space_id=self.space_id,
+            ids=tuple(self.ids),
+            status=status,
+            user=principal[0] if principal is not None else None,
+            answered=time.monotonic(),
+        )
+
+
+async def _abort(request: web.BaseRequest) -> None:
+    """Drop the connection of ``request`` and wait to be cancelled (never returns)."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    # connection_lost() cancels this handler (handler_cancellation=True); raising instead
+    # would make aiohttp log an error and try to answer 500.
+    await asyncio.Event().wait()
 
 
 class SimulatedServer:
@@ -155,7 +193,7 @@ class SimulatedServer:
     manager (or call :meth:`start` and :meth:`stop`)::
 
         with SimulatedServer(seed=1) as server:
-            op_id = server.add_operation(duration=0.5)
+            operation_id = server.add_operation(duration=0.5)
             ...  # point a Session at server.url with server.token
 
     ``token`` (unless ``None``) is registered for ``user`` with the scopes ``view`` and
@@ -179,19 +217,10 @@ class SimulatedServer:
         self._host = host
         self._requested_port = port
         #: The response shape served; may be replaced while the server runs.
-        self.variant: WireVariant = variant if variant is not None else _DEFAULT_VARIANT
+        self.variant: WireVariant = variant if variant is not None else DEFAULT_VARIANT
         #: Random faults; change its fields or replace it while the server runs.
         self.faults: Faults = Faults()
-        self._lock = threading.Lock()
-        self._rng = random.Random(seed)
-        self._clock = Clock()
-        self._tokens: dict[str, _Principal] = {}
-        self._spaces: set[str] = {"default"}
-        self._ops: dict[str, Operation] = {}
-        self._seq = 0
-        self._log: deque[LoggedRequest] = deque(maxlen=log_limit)
-        self._log_enabled = log_limit != 0
-        self._scripts: deque[ScriptedResponse] = deque()
+        self._state = SimulatorState(seed=seed, log_limit=log_limit)
         self._token = token
         if token is not None:
             self.add_token(token, user=user, scopes=("view", "manage"))
@@ -246,10 +275,9 @@ class SimulatedServer:
             thread, loop, event = self._thread, self._loop, self._stop_event
             if thread is None:
                 return
+            # The loop runs until the event is set: only this method sets it.
             if loop is not None and event is not None:
-                # RuntimeError: the loop already closed, the thread is ending anyway.
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(event.set)
+                loop.call_soon_threadsafe(event.set)
             thread.join()
             self._thread = self._loop = self._stop_event = None
             self._port = None
@@ -300,29 +328,19 @@ class SimulatedServer:
         asyncio.run(self._serve())
 
     async def _serve(self) -> None:
+        server = web.Server(
+            self._handle, handler_cancellation=True, access_log=None, keepalive_timeout=75.0
+        )
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=_SHUTDOWN_GRACE)
         try:
-            server = web.Server(
-                self._handle,
-                handler_cancellation=True,
-                access_log=None,
-                keepalive_timeout=75.0,
-            )
-            runner = web.ServerRunner(
-                server, handle_signals=False, shutdown_timeout=_SHUTDOWN_GRACE
-            )
             await runner.setup()
-        except BaseException as exc:
-            self._startup_error = exc
-            self._ready.set()
-            return
-        try:
             site = web.TCPSite(runner, self._host, self._requested_port)
             await site.start()
             self._port = int(runner.addresses[0][1])
             self._loop = asyncio.get_running_loop()
             self._stop_event = stop_event = asyncio.Event()
             self._web_server = server
-        except BaseException as exc:
+        except BaseException as exc:  # start() raises it in the caller's thread
             await runner.cleanup()
             self._startup_error = exc
             self._ready.set()
@@ -346,15 +364,11 @@ class SimulatedServer:
         A token with neither ``"view"`` nor ``"manage"`` among its scopes gets 403.
         Raises :class:`ValueError` for an empty token.
         """
-        if not token:
-            raise ValueError("token must be a non-empty string")
-        with self._lock:
-            self._tokens[token] = (user, frozenset(scopes))
+        self._state.add_token(token, user=user, scopes=scopes)
 
     def revoke_token(self, token: str) -> None:
         """Forget ``token``: from now on requests with it get 401 (unknown token)."""
-        with self._lock:
-            self._tokens.pop(token, None)
+        self._state.revoke_token(token)
 
     def add_space(self, space_id: str) -> None:
         """Create the space ``space_id``; requests to a space never added get 404.
@@ -362,32 +376,13 @@ class SimulatedServer:
         ``"default"`` always exists. Raises :class:`ValueError` unless ``space_id`` is
         ``"default"`` or 7 to 22 characters of letters, digits, ``-`` and ``_``.
         """
-        if not _valid_space(space_id):
-            raise ValueError(f"invalid space ID: {space_id!r}")
-        with self._lock:
-            self._spaces.add(space_id)
+        self._state.add_space(space_id)
 
     # -- operations ----------------------------------------------------------------------
 
-    def _new_ids(self, n: int) -> list[str]:
-        # Called with the lock held (the generator is shared with the server thread).
-        length = _ID_LENGTH
-        text = self._rng.randbytes(length * n).translate(_ID_TABLE).decode("ascii")
-        ids = [text[i : i + length] for i in range(0, length * n, length)]
-        if len(set(ids)) != n or any(i in self._ops for i in ids):
-            taken = set(self._ops)
-            unique: list[str] = []
-            for op_id in ids:
-                while op_id in taken:
-                    op_id = "".join(self._rng.choices(_ID_ALPHABET, k=length))
-                taken.add(op_id)
-                unique.append(op_id)
-            ids = unique
-        return ids
-
     def add_operation(
         self,
-        op_id: str | None = None,
+        operation_id: str | None = None,
         *,
         space_id: str = "default",
         user: str = "alice",
@@ -411,45 +406,23 @@ class SimulatedServer:
         ``error_message``, the last progress kept) or ``"canceled"``. A ``duration`` of
         ``float("inf")`` runs until :meth:`set_operation`.
 
-        ``op_id`` defaults to a random 22-character ID; an existing ID is scripted anew. The
-        space is created if needed. Raises :class:`ValueError` for an empty ID, an invalid
-        space ID, an unknown outcome or a negative time.
+        ``operation_id`` defaults to a random 22-character ID; an existing ID is scripted
+        anew. The space is created if needed. Raises :class:`ValueError` for an empty ID,
+        an invalid space ID, an unknown outcome or a negative time.
         """
-        if op_id is not None and not op_id:
-            raise ValueError("op_id must be a non-empty string")
-        kind = OUTCOMES.get(outcome.lower())
-        if kind is None:
-            raise ValueError(
-                f"outcome must be 'succeeded', 'failed' or 'canceled', not {outcome!r}"
-            )
-        if not _valid_space(space_id):
-            raise ValueError(f"invalid space ID: {space_id!r}")
-        if min(start_after, duration, visible_after) < 0 or math.isnan(duration):
-            raise ValueError("start_after, duration and visible_after must be >= 0")
-        ids = tuple(created_resource_ids) if created_resource_ids is not None else None
-        with self._lock:
-            if op_id is None:
-                op_id = self._new_ids(1)[0]
-            self._seq += 1
-            now = time.monotonic()
-            start = now + start_after
-            self._ops[op_id] = Operation(
-                op_id,
-                space_id,
-                user,
-                self._seq,
-                now,
-                now + visible_after,
-                start,
-                start + duration,
-                kind,
-                float(progress_step),
-                ids,
-                error_code,
-                error_message,
-            )
-            self._spaces.add(space_id)
-        return op_id
+        return self._state.add_operation(
+            operation_id,
+            space_id=space_id,
+            user=user,
+            start_after=start_after,
+            duration=duration,
+            outcome=outcome,
+            created_resource_ids=created_resource_ids,
+            error_message=error_message,
+            error_code=error_code,
+            visible_after=visible_after,
+            progress_step=progress_step,
+        )
 
     def add_operations(
         self,
@@ -470,52 +443,19 @@ class SimulatedServer:
         Fast enough for hundreds of thousands of operations. Raises :class:`ValueError` for
         a negative ``n`` or ``window``, an invalid space ID, or ``fail_rate`` outside 0..1.
         """
-        if n < 0 or window < 0 or start_after < 0:
-            raise ValueError("n, window and start_after must be >= 0")
-        if not 0.0 <= fail_rate <= 1.0:
-            raise ValueError("fail_rate must be within 0 and 1")
-        if not _valid_space(space_id):
-            raise ValueError(f"invalid space ID: {space_id!r}")
-        step = float(progress_step)
-        with self._lock:
-            rand = self._rng.random
-            ids = self._new_ids(n)
-            now = time.monotonic()
-            start = now + start_after
-            seq = self._seq
-            ops = self._ops
-            for op_id in ids:
-                seq += 1
-                end = now + rand() * window
-                kind = "Failed" if fail_rate and rand() < fail_rate else "Succeeded"
-                ops[op_id] = Operation(
-                    op_id,
-                    space_id,
-                    user,
-                    seq,
-                    now,
-                    now,
-                    min(start, end),
-                    end,
-                    kind,
-                    step,
-                    None,
-                    "OperationFailed",
-                    "Operation failed",
-                )
-            self._seq = seq
-            self._spaces.add(space_id)
-        return ids
-
-    def _get(self, op_id: str) -> Operation:
-        op = self._ops.get(op_id)
-        if op is None:
-            raise KeyError(f"no operation {op_id!r}")
-        return op
+        return self._state.add_operations(
+            n,
+            space_id=space_id,
+            user=user,
+            window=window,
+            fail_rate=fail_rate,
+            start_after=start_after,
+            progress_step=progress_step,
+        )
 
     def set_operation(
         self,
-        op_id: str,
+        operation_id: str,
         *,
         state: str | None = None,
         percent_complete: float | None = None,
@@ -523,7 +463,8 @@ class SimulatedServer:
         error: Mapping[str, Any] | str | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
-        """Freeze the operation ``op_id`` at its current entry, changed by the arguments.
+        """Freeze the operation ``operation_id`` at its current entry, changed by the
+        arguments.
 
         From then on its script no longer runs and it is visible at once. ``state`` is a
         canonical name (``"NotStarted"``, ``"Running"``, ``"Succeeded"``, ``"Failed"``,
@@ -537,207 +478,109 @@ class SimulatedServer:
 
         Raises :class:`KeyError` for an unknown ID.
         """
-        with self._lock:
-            op = self._get(op_id)
-            now = time.monotonic()
-            if op.frozen is None:
-                current = render(op, now, self._clock)
-                op.frozen = {k: current[k] for k in ("state", "percentComplete", "result", "error")}
-                op.done_at = op.end_at if current["state"] in TERMINAL_STATES else None
-            frozen = op.frozen
-            was_terminal = frozen["state"] in TERMINAL_STATES
-            if state is not None and state != frozen["state"]:
-                frozen["state"] = state
-                if state == "Succeeded":
-                    frozen.update(percentComplete=100, result=op.result(), error=None)
-                elif state == "Failed":
-                    frozen.update(result=None, error=default_error(op))
-                elif state == "NotStarted":
-                    frozen.update(percentComplete=0, result=None, error=None)
-                elif state in CANONICAL_STATES:
-                    frozen.update(result=None, error=None)
-            if percent_complete is not None:
-                frozen["percentComplete"] = number(float(percent_complete))
-            if result is not None:
-                frozen["result"] = dict(result)
-            if error is not None:
-                frozen["error"] = (
-                    {"code": op.err_code, "message": error, "details": []}
-                    if isinstance(error, str)
-                    else dict(error)
-                )
-            if extra is not None:
-                op.extra = {**(op.extra or {}), **extra}
-            if frozen["state"] in TERMINAL_STATES:
-                if not was_terminal or op.done_at is None:
-                    op.done_at = now
-            else:
-                op.done_at = None
-            op.frozen_at = now
-            op.visible_at = -math.inf
-            op.cache = op.pending = op.running = None
+        self._state.set_operation(
+            operation_id,
+            state=state,
+            percent_complete=percent_complete,
+            result=result,
+            error=error,
+            extra=extra,
+        )
 
-    def remove_operation(self, op_id: str) -> None:
+    def remove_operation(self, operation_id: str) -> None:
         """Remove the operation: it is absent from answers from now on (no error if unknown)."""
-        with self._lock:
-            self._ops.pop(op_id, None)
+        self._state.remove_operation(operation_id)
 
-    def operation_json(self, op_id: str) -> dict[str, Any]:
-        """The entry of ``op_id`` as it would be served now in the default variant (a copy,
-        extras included), even before it becomes visible. Raises :class:`KeyError` for an
-        unknown ID."""
-        with self._lock:
-            op = self._get(op_id)
-            entry = render(op, time.monotonic(), self._clock)
-            if op.extra:
-                entry = {**entry, **op.extra}
-            document = orjson.dumps(entry)
-        result: dict[str, Any] = orjson.loads(document)
-        return result
+    def operation_json(self, operation_id: str) -> dict[str, Any]:
+        """The entry of ``operation_id`` as it would be served now in the default variant (a
+        copy, extras included), even before it becomes visible. Raises :class:`KeyError`
+        for an unknown ID."""
+        return self._state.operation_json(operation_id)
 
-    def completion_time(self, op_id: str) -> float | None:
+    def completion_time(self, operation_id: str) -> float | None:
         """The :func:`time.monotonic` time at which the operation became (or will become)
         terminal, or ``None`` if it never will (as things stand). Raises :class:`KeyError`
         for an unknown ID."""
-        with self._lock:
-            return self._get(op_id).completion_time()
+        return self._state.completion_time(operation_id)
 
     # -- request log and scripted responses ----------------------------------------------
 
     @property
     def requests(self) -> list[LoggedRequest]:
         """A copy of the request log, oldest first."""
-        with self._lock:
-            return list(self._log)
+        return self._state.requests()
 
     def clear_log(self) -> None:
         """Empty the request log."""
-        with self._lock:
-            self._log.clear()
+        self._state.clear_log()
 
     def script(self, *responses: ScriptedResponse) -> None:
         """Queue forced responses: each request to the status endpoint takes the next one
         before any other processing (faults and authorization included) and is answered
         with it. Once the queue is empty, normal processing resumes."""
-        with self._lock:
-            self._scripts.extend(responses)
+        self._state.script(responses)
 
     # -- serving -------------------------------------------------------------------------
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        arrival = time.monotonic()
-        path, _, query = request.raw_path.partition("?")
-        token = _bearer(request.headers.get("Authorization"))
-        ids = _ids_of(query)
-        space_id = ""
+        exchange = _Exchange(request, self._state)
         status = 0
-        with self._lock:
-            principal = self._tokens.get(token) if token is not None else None
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
-        logged = False
-
-        def log() -> None:
-            nonlocal logged
-            if logged or not self._log_enabled:
-                return
-            logged = True
-            record = LoggedRequest(
-                time=arrival,
-                method=request.method,
-                path=path,
-                query=query,
-                space_id=space_id,
-                ids=tuple(ids),
-                status=status,
-                user=principal[0] if principal is not None else None,
-                answered=time.monotonic(),
-            )
-            with self._lock:
-                self._log.append(record)
-
         try:
-            if (
-                path.startswith(_PATH_PREFIX)
-                and path.endswith(_PATH_SUFFIX)
-                and "/" not in path[len(_PATH_PREFIX) : -len(_PATH_SUFFIX)]
-            ):
-                space_id = unquote(path[len(_PATH_PREFIX) : -len(_PATH_SUFFIX)], errors="replace")
-                if request.method == "GET":
-                    response = await self._respond(request, principal, space_id, ids)
-                else:
-                    response = _Answer(405, headers={"Allow": "GET"}).response()
-            else:
-                response = _Answer(404).response()
+            response = await self._route(request, exchange)
             status = response.status
             return response
         except _Drop:
             # Logged before the drop: a client that sees it may look at the log at once.
-            log()
-            transport = request.transport
-            if transport is not None:
-                transport.abort()
-            # connection_lost() cancels this handler (handler_cancellation=True); raising
-            # instead would make aiohttp log an error and try to answer 500.
-            await asyncio.Event().wait()
+            self._log(exchange, status)
+            await _abort(request)
             raise  # pragma: no cover
         finally:
             if task is not None:
                 self._inflight.discard(task)
-            log()
+            self._log(exchange, status)
 
-    async def _respond(
-        self,
-        request: web.BaseRequest,
-        principal: _Principal | None,
-        space_id: str,
-        ids: list[str],
-    ) -> web.Response:
-        with self._lock:
-            scripted = self._scripts.popleft() if self._scripts else None
+    async def _route(self, request: web.BaseRequest, exchange: _Exchange) -> web.Response:
+        space_id = _space_of(exchange.path)
+        if space_id is None:
+            return _Answer(404).response()
+        exchange.space_id = space_id
+        if request.method != "GET":
+            return _Answer(405, headers={"Allow": "GET"}).response()
+        return await self._respond(exchange)
+
+    def _log(self, exchange: _Exchange, status: int) -> None:
+        if exchange.logged or not self._state.log_enabled:
+            return
+        exchange.logged = True
+        self._state.record(exchange.record(status))
+
+    async def _respond(self, exchange: _Exchange) -> web.Response:
+        scripted = self._state.next_script()
         if scripted is not None:
-            return await self._scripted(scripted, principal, space_id, ids)
+            return await self._scripted(scripted, exchange)
         faults = self.faults
-        answer: _Answer | None = None
-        drop = False
-        with self._lock:
-            rand = self._rng.random
-            low, high = faults.latency
-            latency = self._rng.uniform(low, high) if high > 0 else 0.0
-            if faults.disconnect_rate and rand() < faults.disconnect_rate:
-                drop = True
-            elif faults.error_rate and rand() < faults.error_rate:
-                answer = _Answer(faults.error_status)
-            elif faults.rate_limit_rate and rand() < faults.rate_limit_rate:
-                if faults.retry_after_http_date:
-                    retry = email.utils.formatdate(time.time() + faults.retry_after, usegmt=True)
-                else:
-                    retry = _seconds(faults.retry_after)
-                answer = _Answer(429, headers={"Retry-After": retry})
-            elif faults.malformed_rate and rand() < faults.malformed_rate:
-                answer = _Answer(200, body=_MALFORMED_BODY)
+        latency, fault = self._state.draw_fault(faults)
+        answer = None
+        if fault is not None and fault is not FaultKind.DISCONNECT:
+            answer = _fault_answer(fault, faults)
         if latency > 0:
             await asyncio.sleep(latency)
-        if drop:
+        if fault is FaultKind.DISCONNECT:
             raise _Drop
         if answer is None:
-            answer = self._answer(principal, space_id, ids, faults)
+            answer = self._answer(exchange, faults)
         return answer.response()
 
-    async def _scripted(
-        self,
-        scripted: ScriptedResponse,
-        principal: _Principal | None,
-        space_id: str,
-        ids: list[str],
-    ) -> web.Response:
+    async def _scripted(self, scripted: ScriptedResponse, exchange: _Exchange) -> web.Response:
         if scripted.delay > 0:
             await asyncio.sleep(scripted.delay)
         if scripted.disconnect:
             raise _Drop
         if scripted.body is None and scripted.status == 200:
-            answer = self._answer(principal, space_id, ids, self.faults)
+            answer = self._answer(exchange, self.faults)
         else:
             answer = _Answer(scripted.status, body=scripted.body)
             if scripted.status == 401 and not any(
@@ -749,51 +592,35 @@ class SimulatedServer:
             response.enable_chunked_encoding()
         return response
 
-    def _answer(
-        self,
-        principal: _Principal | None,
-        space_id: str,
-        ids: list[str],
-        faults: Faults,
-    ) -> _Answer:
+    def _answer(self, exchange: _Exchange, faults: Faults) -> _Answer:
         """Normal processing of a status request (no faults): authorization, checks, 200."""
+        principal = exchange.principal
         if principal is None:
             return _Answer(401, headers={"WWW-Authenticate": "Bearer"})
         user, scopes = principal
         if not scopes & _ACCESS_SCOPES:
             return _Answer(403, _error_body(403, "the token lacks the view or manage scope"))
-        if not _valid_space(space_id):
-            return _Answer(400, _error_body(400, "invalid space ID"))
-        max_ids = faults.max_ids_per_request
+        space_id, ids = exchange.space_id, exchange.ids
+        refusal = self._refusal(space_id, ids, faults)
+        if refusal is not None:
+            return refusal
         variant = self.variant
-        plain = variant is _DEFAULT_VARIANT or variant == _DEFAULT_VARIANT
-        clock = self._clock
-        entries: list[dict[str, Any]] = []
-        with self._lock:
-            if space_id not in self._spaces:
-                return _Answer(404, _error_body(404, "space not found"))
-            if not ids:
-                return _Answer(400, _error_body(400, f"{_IDS_PARAM} is required"))
-            if max_ids is not None and len(ids) > max_ids:
-                return _Answer(414)
-            now = time.monotonic()
-            ops = self._ops
-            seen: set[str] = set()
-            for op_id in ids:
-                if op_id in seen:
-                    continue
-                seen.add(op_id)
-                op = ops.get(op_id)
-                if op is None or op.user != user or op.space != space_id or now < op.visible_at:
-                    continue
-                entry = render(op, now, clock)
-                if not plain:
-                    entry = apply_variant(entry, variant)
-                if op.extra:
-                    entry = {**entry, **op.extra}
-                entries.append(entry)
+        entries = self._state.entries(user, space_id, ids, variant)
         document: Any = entries if variant.wrapper is None else {variant.wrapper: entries}
         headers = None
         if faults.success_retry_after is not None:
             headers = {"Retry-After": _seconds(faults.success_retry_after)}
         return _Answer(200, headers=headers, document=document)
+
+    def _refusal(self, space_id: str, ids: list[str], faults: Faults) -> _Answer | None:
+        """The 400, 404 or 414 an authorized request gets, or ``None`` if it is fine."""
+        if not valid_space(space_id):
+            return _Answer(400, _error_body(400, "invalid space ID"))
+        if not self._state.has_space(space_id):
+            return _Answer(404, _error_body(404, "space not found"))
+        if not ids:
+            return _Answer(400, _error_body(400, f"{_IDS_PARAM} is required"))
+        max_ids = faults.max_ids_per_request
+        if max_ids is not None and len(ids) > max_ids:
+            return _Answer(414)
+        return None

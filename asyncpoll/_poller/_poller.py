@@ -1,0 +1,625 @@
+"""The coalescing Poller: every caller's operation IDs share few batched requests.
+
+Wiring only: callers register in :mod:`._delivery` mailboxes, the :mod:`._schedule`
+says which batches are due, a few long-lived workers send them through the Session's
+narrow seam (``_planner`` and ``_query_batch``), and answers flow back to the mailboxes;
+finished operations go to the :mod:`._memory`, failing spaces to the :mod:`._outage`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
+from typing import TypeVar
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskGroup, TaskStatus
+
+from .._errors import (
+    AsyncpollError,
+    AuthenticationError,
+    OperationNotFound,
+    PermissionDeniedError,
+    RateLimitedError,
+    SpaceNotFoundError,
+    is_transient,
+)
+from .._models import AsyncOperation, OperationState
+from .._runtime import LoopBinding
+from .._session import BatchResult, Session, Tally
+from .._validation import check_count, check_seconds, validate_operation_id, validate_space_id
+from .._wire import Status
+from ._backend import Key, SignalFactory, Subscriber, signal_factory
+from ._delivery import Block, Completed, Events, Mailbox, Waiter
+from ._memory import Memory
+from ._outage import Outages
+from ._records import PollerStatistics, PollInterval, ProgressEvent
+from ._schedule import Entry, Flight, Schedule
+
+__all__ = ["Poller"]
+
+logger = logging.getLogger("asyncpoll")
+
+_I = TypeVar("_I", Completed, Events)
+_Batch = tuple[str, list[Entry]]
+
+
+def _rank(state: OperationState) -> int:
+    # Identity tests: hashing an Enum member runs Python code, and this runs per status.
+    if state is OperationState.NOT_STARTED:
+        return 0
+    if state is OperationState.RUNNING or state is OperationState.UNKNOWN:
+        return 1
+    return 2
+
+
+def _regressed(entry: Entry, state: OperationState, percent: float | None) -> bool:
+    """True for an answer older than the one ``entry`` last saw (a lagging replica)."""
+    assert entry.state is not None
+    rank_before = _rank(entry.state)
+    rank_after = _rank(state)
+    if rank_after != rank_before:
+        return rank_after < rank_before
+    return entry.percent is not None and percent is not None and percent < entry.percent
+
+
+def _model(status: Status) -> AsyncOperation:
+    return status if isinstance(status, AsyncOperation) else status.model()
+
+
+class Poller:
+    """Polls the operations of every caller through one Session, in coalesced batches.
+
+    Use it as ``async with Poller(session) as poller:``; its polling loop and every
+    request it sends run in a task group that ends with the block. All IDs of all
+    callers in one space share batched requests; an ID that several callers want is
+    polled once; new IDs are folded into one request after ``coalesce_window`` seconds.
+    Batches sent with room to spare are filled with IDs due soon.
+
+    ``interval`` sets each operation's polling interval; ``max_concurrent_requests``
+    bounds the requests in flight; an ID absent from answers for ``not_found_grace``
+    seconds is reported not found; terminal operations are remembered for
+    ``terminal_memory`` seconds so late callers get them without a request.
+
+    Transient failures (network errors, timeouts, 429, 5xx) are retried at each
+    operation's next turn while its callers wait. When no status request for a space has
+    succeeded for ``outage_timeout`` seconds, counted from the start of the first request
+    left without a good answer (retries included), every caller waiting on that space gets
+    the last error (an :class:`AsyncpollError`, usually :class:`ConnectError`; a
+    :class:`RequestTimeout` if no request has even failed yet); ``None`` waits for the
+    server forever. Bad arguments raise :class:`ValueError`.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        interval: PollInterval | None = None,
+        max_concurrent_requests: int = 4,
+        not_found_grace: float = 30.0,
+        coalesce_window: float = 0.005,
+        terminal_memory: float = 30.0,
+        outage_timeout: float | None = 300.0,
+    ) -> None:
+        if not isinstance(session, Session):
+            raise TypeError(f"Poller needs a Session, got {type(session).__name__}")
+        if interval is not None and not isinstance(interval, PollInterval):
+            raise TypeError("interval must be a PollInterval")
+        self._session = session
+        self.interval = interval if interval is not None else PollInterval()
+        self.max_concurrent_requests = check_count(
+            "max_concurrent_requests", max_concurrent_requests
+        )
+        self.not_found_grace = check_seconds("not_found_grace", not_found_grace)
+        self.coalesce_window = check_seconds("coalesce_window", coalesce_window)
+        self.terminal_memory = check_seconds("terminal_memory", terminal_memory)
+        self.outage_timeout = (
+            None
+            if outage_timeout is None
+            else check_seconds("outage_timeout", outage_timeout, allow_zero=False)
+        )
+        # Due times and deadlines: the clock of the backend that entered the Poller (so a
+        # test's virtual clock is honoured), bound once, at entry.
+        self._now: Callable[[], float] = time.monotonic
+        self._binding: LoopBinding | None = None
+        self._schedule = Schedule(self.interval)
+        self._memory = Memory(self.terminal_memory)
+        self._outages = Outages(self.outage_timeout)
+        self._subscriptions: set[Subscriber] = set()
+        self._sleeping_until = math.inf  # when the polling loop wakes by itself
+        self._last_error: AsyncpollError | None = None
+        self._last_success: float | None = None
+        self._fresh = 0
+        self._wakeup: anyio.Event | None = None
+        self._signal: SignalFactory = anyio.Event
+        self._queue: deque[_Batch] = deque()  # batches due, for the workers
+        self._idle_workers: list[anyio.Event] = []
+        self._task_group: TaskGroup | None = None
+        self._closed = False
+        self._tally = Tally()  # this Poller's own requests and retries
+        self._operations_polled = 0
+        self._errors = 0
+        self._in_flight = 0
+
+    def __repr__(self) -> str:
+        watched = len(self._schedule.entries)
+        return f"<asyncpoll.Poller watched={watched} session={self._session!r}>"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Poller:
+        if self._task_group is not None or self._closed:
+            raise RuntimeError("a Poller can be entered only once")
+        self._binding = LoopBinding("Poller")
+        self._now = self._binding.clock
+        self._wakeup = anyio.Event()
+        self._signal = signal_factory()
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        try:
+            for _ in range(self.max_concurrent_requests):
+                task_group.start_soon(self._worker)
+            await task_group.start(self._run)
+        except BaseException as exc:
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self._closed = True
+        assert self._task_group is not None
+        self._task_group.cancel_scope.cancel()
+        try:
+            return await self._task_group.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The block's own exception comes out as itself, not wrapped in a group (trio
+            # wraps even a lone one); a failure of the poller's tasks stays a group.
+            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+                raise exc from exc.__cause__
+            raise
+        finally:
+            closed = RuntimeError("the Poller was closed")
+            for subscription in list(self._subscriptions):
+                subscription.fail(closed)
+            self._schedule.clear()
+            self._queue.clear()
+
+    # -- public API ---------------------------------------------------------------------
+
+    def _keys(self, ids: Iterable[str], space_id: str | None, timeout: float | None) -> list[Key]:
+        """The caller's keys, every argument checked here, before any request."""
+        if timeout is not None:
+            check_seconds("timeout", timeout)
+        if self._binding is not None:
+            self._binding.check()
+        space = self._session.space_id if space_id is None else validate_space_id(space_id)
+        if isinstance(ids, str | bytes):
+            raise TypeError("pass a list of operation IDs, not a single string")
+        keys = [(space, validate_operation_id(i)) for i in ids]
+        # Refused here, at the caller: met later, in the polling loop, it would end the loop.
+        self._session._planner.check_fit([key[1] for key in keys], space)
+        return keys
+
+    async def wait(
+        self, operation_id: str, *, space_id: str | None = None, timeout: float | None = None
+    ) -> AsyncOperation:
+        """Wait until ``operation_id`` is terminal and return it if it succeeded.
+
+        Raises :class:`OperationFailed` (with ``.operation``) if it failed or was
+        canceled, :class:`OperationNotFound` if it stayed absent past
+        ``not_found_grace``, :class:`TimeoutError` after ``timeout`` seconds, and the
+        Session's errors (authentication, permission, space not found) as they come.
+        Bad IDs raise :class:`ValueError` at once.
+        """
+        [key] = self._keys([operation_id], space_id, timeout)
+        if timeout is None:  # the common case: spare the cancel scope
+            return await self._wait_one(key)
+        with anyio.fail_after(timeout):
+            return await self._wait_one(key)
+
+    async def _wait_one(self, key: Key) -> AsyncOperation:
+        self._require_open()
+        waiter = Waiter(key, self._signal)
+        self._subscribe(waiter)
+        try:
+            return await waiter.result()
+        finally:
+            self._unsubscribe(waiter)
+
+    async def wait_all(
+        self, ids: Iterable[str], *, space_id: str | None = None, timeout: float | None = None
+    ) -> list[AsyncOperation]:
+        """Wait until every operation of ``ids`` is terminal; return them in input order.
+
+        Failed and canceled operations are returned, not raised. Raises
+        :class:`OperationNotFound` for an ID that stayed absent past the grace period,
+        :class:`TimeoutError` after ``timeout`` seconds, and the Session's errors.
+        """
+        keys = self._keys(ids, space_id, timeout)
+        unique = list(dict.fromkeys(keys))
+        found: dict[Key, AsyncOperation] = {}
+        with anyio.fail_after(timeout):
+            async with self._subscribed(unique, events=False) as mailbox:
+                while len(found) < len(unique):
+                    key, operation, _, _ = await mailbox.next()
+                    if operation is None:
+                        raise OperationNotFound(key[1], key[0])
+                    found[key] = operation
+        return [found[key] for key in keys]
+
+    def as_completed(
+        self, ids: Iterable[str], *, space_id: str | None = None, timeout: float | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[AsyncOperation]]:
+        """Terminal operations of ``ids`` in the order they complete::
+
+            async with poller.as_completed(ids) as done:
+                async for operation in done:
+                    ...
+
+        Failed and canceled operations are yielded, not raised. Iterating raises
+        :class:`OperationNotFound` for an ID that stayed absent, :class:`TimeoutError`
+        once ``timeout`` seconds have passed since entering, and the Session's errors.
+        Leaving the block stops polling for this caller. Bad arguments raise at the call.
+        """
+        keys = list(dict.fromkeys(self._keys(ids, space_id, timeout)))
+        done: AbstractAsyncContextManager[AsyncIterator[AsyncOperation]]
+        done = self._iterating(keys, timeout, Completed)
+        return Block(done, "as_completed", "done", "operation")
+
+    def watch(
+        self, ids: Iterable[str], *, space_id: str | None = None, timeout: float | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[ProgressEvent]]:
+        """Progress events of ``ids`` until every one is terminal::
+
+            async with poller.watch(ids) as events:
+                async for event in events:
+                    if event.operation is not None:
+                        print(event.operation_id, event.operation.percent_complete)
+
+        One event at first sight of each operation, one on each change of state or
+        progress, and exactly one terminal event per operation (``not_found`` is set on
+        it for an ID that stayed absent). A consumer that lags gets the latest state of
+        an operation rather than every step in between; terminal events are never
+        dropped, and progress never goes backwards. Iterating raises
+        :class:`TimeoutError` once ``timeout`` seconds have passed since entering, and the
+        Session's errors. Bad arguments raise at the call.
+        """
+        keys = list(dict.fromkeys(self._keys(ids, space_id, timeout)))
+        events: AbstractAsyncContextManager[AsyncIterator[ProgressEvent]]
+        events = self._iterating(keys, timeout, Events)
+        return Block(events, "watch", "events", "event")
+
+    @asynccontextmanager
+    async def _iterating(
+        self, keys: list[Key], timeout: float | None, kind: type[_I]
+    ) -> AsyncIterator[_I]:
+        deadline = None if timeout is None else self._now() + timeout
+        async with self._subscribed(keys, events=kind is Events) as mailbox:
+            yield kind(mailbox, deadline, self._now)
+
+    def statistics(self) -> PollerStatistics:
+        """A snapshot of what this Poller tracks and has sent."""
+        return PollerStatistics(
+            watched=len(self._schedule.entries),
+            requests=self._tally.requests,
+            operations_polled=self._operations_polled,
+            retries=self._tally.retries,
+            errors=self._errors,
+            in_flight=self._in_flight,
+            remembered=len(self._memory),
+            last_error=self._last_error,
+            last_success=self._last_success,
+        )
+
+    # -- interest -----------------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if self._task_group is None or self._closed:
+            raise RuntimeError("use the Poller as 'async with Poller(session) as poller:'")
+
+    @asynccontextmanager
+    async def _subscribed(self, keys: list[Key], *, events: bool) -> AsyncIterator[Mailbox]:
+        self._require_open()
+        mailbox = Mailbox(keys, events=events, signal=self._signal)
+        self._subscribe(mailbox)
+        try:
+            yield mailbox
+        finally:
+            self._unsubscribe(mailbox)
+
+    def _subscribe(self, subscriber: Subscriber) -> None:
+        """Register ``subscriber``; the caller must unsubscribe it."""
+        self._subscriptions.add(subscriber)
+        now = self._now()
+        self._memory.forget_expired(now)
+        entries = self._schedule.entries
+        fresh = False
+        for key in subscriber.keys:
+            remembered = self._memory.get(key)
+            if remembered is not None:
+                subscriber.deliver(key, remembered, True)
+                continue
+            entry = entries.get(key)
+            if entry is None:
+                part = self._session._planner.encode(key[1])
+                entry = self._schedule.add(key, part, now)
+                fresh = True
+            elif subscriber.events and entry.state is not None:
+                if entry.operation is not None:
+                    subscriber.deliver(key, entry.operation, False)
+                else:  # seen, but no model kept: show it at the next answer, soon
+                    self._schedule.hurry(entry, now)
+                    fresh = True
+            entry.subscribers.append(subscriber)
+        if fresh:
+            self._fresh += 1
+            self._wake()
+
+    def _unsubscribe(self, subscriber: Subscriber) -> None:
+        self._subscriptions.discard(subscriber)
+        entries = self._schedule.entries
+        for key in subscriber.keys:
+            entry = entries.get(key)
+            if entry is not None and subscriber in entry.subscribers:
+                entry.subscribers.remove(subscriber)
+                if not entry.subscribers:
+                    self._drop(entry)
+
+    def _drop(self, entry: Entry) -> None:
+        if self._schedule.remove(entry):
+            self._outages.forget(entry.space)
+
+    def _finish(self, entry: Entry, operation: AsyncOperation | None) -> None:
+        """Deliver the one terminal outcome of ``entry`` and stop polling it."""
+        self._drop(entry)
+        key = (entry.space, entry.id)
+        if operation is not None:
+            self._memory.remember(key, operation, self._now())
+        for subscriber in list(entry.subscribers):
+            subscriber.deliver(key, operation, True)
+
+    def _fail(self, entry: Entry, error: AsyncpollError) -> None:
+        self._drop(entry)
+        for subscriber in list(entry.subscribers):
+            subscriber.fail(error)
+
+    # -- the polling loop ---------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def _run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            if self._fresh:
+                await self._coalesce()
+            now = self._now()
+            self._memory.forget_expired(now)
+            self._send_due(now)
+            # Forget finished operations on time, even while nothing else happens.
+            wake = min(self._schedule.next_due(), self._memory.next_expiry)
+            if self._outages:
+                wake = min(wake, self._end_outages(now))
+            delay = wake - self._now()
+            if delay > 0 and not self._fresh:
+                self._wakeup = anyio.Event()
+                self._sleeping_until = wake
+                with anyio.move_on_after(delay):
+                    await self._wakeup.wait()
+                self._sleeping_until = math.inf
+            else:
+                await anyio.lowlevel.checkpoint()
+
+    def _send_due(self, now: float) -> None:
+        """Hand every batch due now to the workers."""
+        planner = self._session._planner
+        for space in self._schedule.spaces:
+            for batch in self._schedule.take_batches(
+                space, now, planner.max_batch_size, planner.plan
+            ):
+                self._in_flight += 1
+                self._queue.append((space, batch))
+                if self._idle_workers:
+                    self._idle_workers.pop().set()
+
+    async def _worker(self) -> None:
+        """One in-flight slot: sends the batches due, one at a time, for good."""
+        while True:
+            if not self._queue:
+                ready = anyio.Event()
+                self._idle_workers.append(ready)
+                await ready.wait()
+                continue
+            space, batch = self._queue.popleft()
+            try:
+                await self._poll(space, batch)
+            finally:
+                self._in_flight -= 1
+                self._wake()
+
+    def _end_outages(self, now: float) -> float:
+        """Fail the callers of every space down for ``outage_timeout`` seconds; return
+        the time the next outage reaches it."""
+        ended, soonest = self._outages.expired(now)
+        for space, seconds, error in ended:
+            victims = [e for e in self._schedule.entries.values() if e.space == space]
+            # INFO: each caller gets the error itself; the outage's start was the WARNING.
+            logger.info(
+                "no status request for space %r succeeded for %.1f s (outage_timeout): "
+                "failing %d waiting operations with the last error: %s",
+                space,
+                seconds,
+                len(victims),
+                error,
+            )
+            for entry in victims:
+                self._fail(entry, error)
+        return soonest
+
+    async def _coalesce(self) -> None:
+        """Let callers that start together land in one round (a short debounce)."""
+        deadline = self._now() + 10 * self.coalesce_window
+        while True:
+            seen = self._fresh
+            await anyio.sleep(self.coalesce_window)
+            if self._fresh == seen or self._now() >= deadline:
+                break
+        self._fresh = 0
+
+    # -- one batch ----------------------------------------------------------------------
+
+    async def _poll(self, space: str, batch: list[Entry]) -> None:
+        live = [entry for entry in batch if entry.alive]
+        if not live:
+            return
+        self._operations_polled += len(live)
+        now = self._now()
+        limit = self.outage_timeout
+        # The outage clock of the space runs until a good answer stops it; the loop must
+        # wake when it could pass.
+        started = self._outages.sending(space, now)
+        if started and limit is not None and now + limit < self._sleeping_until:
+            self._wake()
+        result, error = await self._query(space, live)
+        if error is not None:
+            self._errors += 1
+            self._last_error = error
+            self._on_error(space, live, error)
+        elif result is not None:
+            self._last_error = None
+            self._last_success = time.time()
+            ended = self._outages.answered(space)
+            if ended is not None:
+                logger.warning(
+                    "status requests for space %r succeed again after %.1f s",
+                    space,
+                    self._now() - ended.since,
+                )
+            self._on_result(live, result)
+
+    async def _query(
+        self, space: str, live: list[Entry]
+    ) -> tuple[BatchResult | None, AsyncpollError | None]:
+        """Send one batch through the Session; cancelled once nobody waits for it."""
+        previous = {e.id: e.operation for e in live if e.operation is not None}
+        flight = Flight(len(live))
+        for entry in live:
+            entry.flight = flight
+        result: BatchResult | None = None
+        error: AsyncpollError | None = None
+        with flight.scope:
+            try:
+                result = await self._session._query_batch(
+                    space,
+                    [e.id for e in live],
+                    [e.part for e in live],
+                    previous,
+                    self._tally,
+                    light=True,
+                )
+            except AsyncpollError as exc:
+                error = exc
+            except Exception as exc:
+                # Nothing one batch raises may end the Poller: its callers get it.
+                logger.error("status query failed unexpectedly: %s", type(exc).__name__)  # noqa: TRY400
+                error = AsyncpollError(f"status query failed: {type(exc).__name__}")
+        for entry in live:
+            entry.flight = None
+        return result, error
+
+    def _on_result(self, batch: list[Entry], result: BatchResult) -> None:
+        now = self._now()
+        seen = {operation.id: operation for operation in result.operations}
+        for entry in batch:
+            if not entry.alive:
+                continue
+            id_error = result.id_errors.get(entry.id)
+            if id_error is not None:
+                self._fail(entry, id_error)
+                continue
+            operation = seen.get(entry.id)
+            if operation is None:
+                if entry.absent_since is None:
+                    entry.absent_since = now
+                if now - entry.absent_since >= self.not_found_grace:
+                    self._finish(entry, None)
+                else:
+                    self._schedule.reschedule(entry, now, False, result.retry_after)
+                continue
+            entry.absent_since = None
+            self._observe(entry, operation, now, result.retry_after)
+
+    def _observe(self, entry: Entry, status: Status, now: float, floor: float | None) -> None:
+        state, percent = status.state, status.percent_complete
+        watched = entry.watched
+        if entry.state is not None:
+            if state is entry.state and percent == entry.percent:
+                if entry.operation is not None or not watched:
+                    self._schedule.reschedule(entry, now, False, floor)
+                    return
+                # Unchanged, but a watcher that joined has not been shown it yet.
+            elif _regressed(entry, state, percent):
+                logger.debug("ignoring a stale answer for operation %r", entry.id)
+                self._schedule.reschedule(entry, now, False, floor)
+                return
+        changed = entry.state is not state or entry.percent != percent
+        entry.state, entry.percent = state, percent
+        if state.is_terminal:
+            self._finish(entry, _model(status))
+            return
+        # A model only for a watcher: a waiting caller sees nothing but the outcome.
+        entry.operation = _model(status) if watched else None
+        if watched:
+            key = (entry.space, entry.id)
+            for subscriber in entry.subscribers:
+                subscriber.deliver(key, entry.operation, False)
+        self._schedule.reschedule(entry, now, changed, floor)
+
+    def _on_error(self, space: str, batch: list[Entry], error: AsyncpollError) -> None:
+        if is_transient(error):
+            self._retry_later(space, batch, error)
+            return
+        entries = self._schedule.entries.values()
+        if isinstance(error, AuthenticationError):
+            victims = list(entries)
+        elif isinstance(error, PermissionDeniedError | SpaceNotFoundError):
+            victims = [entry for entry in entries if entry.space == space]
+        else:
+            victims = batch
+        for entry in victims:
+            if entry.alive:
+                self._fail(entry, error)
+
+    def _retry_later(self, space: str, batch: list[Entry], error: AsyncpollError) -> None:
+        """Callers keep waiting until their own deadline (or the outage timeout): poll
+        again later. One WARNING when a space starts failing, not one per batch."""
+        now = self._now()
+        if self._outages.failed(space, error, now):
+            limit = self.outage_timeout
+            logger.warning(
+                "status query for %d IDs in space %r failed, will retry%s: %s",
+                len(batch),
+                space,
+                "" if limit is None else f" for up to {limit:g} s",
+                error,
+            )
+        else:
+            logger.debug("status query for %d IDs failed again: %s", len(batch), error)
+        floor = error.retry_after if isinstance(error, RateLimitedError) else None
+        for entry in batch:
+            if entry.alive:
+                self._schedule.reschedule(entry, now, False, floor)
