@@ -166,8 +166,9 @@ def _structure_operation(entry: Any, _: type) -> AsyncOperation:
     )
 
 
-# Keys that only the full reading handles (results, errors, the contract's variants).
-_SLOW_KEYS = ("result", "error", "errorMessage", "errors", "progress", "percentage")
+# Keys that only the full reading handles (errors and the contract's variants); "result"
+# and "error" too, unless null (the documented shape sends both as null while running).
+_SLOW_KEYS = ("errorMessage", "errors", "progress", "percentage")
 
 
 class Light:
@@ -211,6 +212,8 @@ def _light(entry: Any) -> Light | None:
         return None
     state = _STATE_CACHE.get(spelled)
     if state is None:
+        return None
+    if entry.get("result") is not None or entry.get("error") is not None:
         return None
     for key in _SLOW_KEYS:
         if key in entry:

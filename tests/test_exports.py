@@ -131,6 +131,17 @@ def test_version_is_a_string() -> None:
     assert asyncpoll.__version__
 
 
+def test_the_version_has_one_source() -> None:
+    import importlib.metadata
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text("utf-8"))
+    assert "version" not in pyproject["project"]
+    assert pyproject["project"]["dynamic"] == ["version"]
+    assert importlib.metadata.version("asyncpoll") == asyncpoll.__version__
+
+
 def test_error_tree() -> None:
     api = [
         asyncpoll.AuthenticationError,

@@ -587,7 +587,12 @@ _PERCENTS = st.one_of(
     st.lists(
         st.fixed_dictionaries(
             {"id": st.text(min_size=1, max_size=8), "state": _STATES},
-            optional={"percentComplete": _PERCENTS, "extra": st.integers()},
+            optional={
+                "percentComplete": _PERCENTS,
+                "extra": st.integers(),
+                "result": st.none() | st.just({"createdResourceIds": ["r"]}),
+                "error": st.none() | st.just("") | st.just("boom"),
+            },
         ),
         max_size=5,
     )
@@ -607,7 +612,7 @@ def test_light_records_read_as_the_converter_reads(entries: list[dict[str, Any]]
 
 def test_entries_beyond_the_default_shape_are_models() -> None:
     entries = [
-        {"id": "a", "state": "Running"},
+        {"id": "a", "state": "Running", "result": None, "error": None},
         {"id": "b", "state": "Succeeded", "result": {"createdResourceIds": ["x"]}},
         {"id": "c", "status": "Running"},
         {"id": 7, "state": "Running"},
