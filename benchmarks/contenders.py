@@ -10,13 +10,22 @@ the simulator runs in another.
 Contenders (each observes every operation's terminal state, on asyncio):
 
 - ``asyncpoll``: ``Poller.wait`` per operation from N tasks of one anyio task group;
+- ``asyncpoll-completed``: one ``Poller.as_completed`` over all N IDs, no task per ID;
+- ``asyncpoll-watch``: one ``Poller.watch`` over all N IDs (every progress event
+  delivered), an operation seen at its terminal event;
 - ``naive``: one task per operation, one aiohttp ``GET ...?asyncOperationIds=<id>`` per
   poll through one shared ``ClientSession`` (aiohttp's default pool of 100 connections);
 - ``aiodataloader``: the same per-operation loops, their loads batched by one
   ``aiodataloader.DataLoader`` whose batch function sends one GET per batch;
 - ``azure``: one ``azure.core.polling.AsyncLROPoller`` per operation with a custom
   ``AsyncPollingMethod`` sending its GETs through an ``azure.core.AsyncPipelineClient``
-  (default policies) on azure-core's aiohttp transport.
+  (default policies) on azure-core's aiohttp transport;
+- ``anchor``: the bar for asyncpoll's CPU, a tight batched poller written by hand
+  (:class:`BatchPoller`: one aiohttp session, orjson, one loop polling every active ID
+  each interval in batches, 4 requests in flight) with one asyncio task per operation
+  awaiting its future, as ``asyncpoll`` runs one task per ``wait``;
+- ``anchor-bulk``: the same loop without the tasks, recording each operation itself when
+  it turns terminal: the bar for ``asyncpoll-completed`` and ``asyncpoll-watch``.
 
 And one baseline, ``idle-tasks``: N anyio tasks that only wait on one event, to show how
 much of the asyncpoll contender's memory is its callers' own tasks.
@@ -35,9 +44,15 @@ import resource
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import orjson
+
+if TYPE_CHECKING:  # the contenders import their libraries only when chosen
+    import aiohttp
+
+    from asyncpoll import PollerStatistics
 
 TERMINAL = frozenset({"Succeeded", "Failed", "Canceled", "Cancelled"})
 PATH = "/programs/v2/spaces/default/asyncOperations"
@@ -90,9 +105,55 @@ async def run_asyncpoll(job: Job) -> None:
                 for index, op_id in enumerate(job.ids):
                     tg.start_soon(one, index, op_id)
             stats = poller.statistics()
+    _record_asyncpoll(job, stats)
+
+
+def _record_asyncpoll(job: Job, stats: PollerStatistics) -> None:
+    """Copy a ``PollerStatistics`` into the figures."""
     job.client_requests = stats.requests
     job.client_errors = stats.errors
-    job.extra = {"retries": stats.retries, "operations_polled": stats.operations_polled}
+    job.extra = {
+        **job.extra,
+        "retries": stats.retries,
+        "operations_polled": stats.operations_polled,
+    }
+
+
+async def run_asyncpoll_completed(job: Job) -> None:
+    """One caller for all N operations: ``poller.as_completed(ids)`` (no task per ID)."""
+    from asyncpoll import Poller, PollInterval, Session
+
+    index_of = {op_id: index for index, op_id in enumerate(job.ids)}
+    interval = PollInterval(initial=job.interval, maximum=job.interval, multiplier=1.0)
+    async with Session(job.url, token=job.token, max_batch_size=job.max_batch) as session:
+        async with Poller(session, interval=interval) as poller:
+            # Failed and canceled operations are yielded like succeeded ones, not raised.
+            async with poller.as_completed(job.ids) as done:
+                async for operation in done:
+                    job.see(index_of[operation.id])
+            stats = poller.statistics()
+    _record_asyncpoll(job, stats)
+
+
+async def run_asyncpoll_watch(job: Job) -> None:
+    """One caller for all N operations: ``poller.watch(ids)``, every progress event
+    delivered; an operation counts as seen at its one terminal event."""
+    from asyncpoll import Poller, PollInterval, Session
+
+    index_of = {op_id: index for index, op_id in enumerate(job.ids)}
+    interval = PollInterval(initial=job.interval, maximum=job.interval, multiplier=1.0)
+    events_seen = terminal_seen = 0
+    async with Session(job.url, token=job.token, max_batch_size=job.max_batch) as session:
+        async with Poller(session, interval=interval) as poller:
+            async with poller.watch(job.ids) as events:
+                async for event in events:
+                    events_seen += 1
+                    if event.is_terminal:
+                        terminal_seen += 1
+                        job.see(index_of[event.operation_id])
+            stats = poller.statistics()
+    job.extra = {"events": events_seen, "terminal_events": terminal_seen}
+    _record_asyncpoll(job, stats)
 
 
 async def run_naive(job: Job) -> None:
@@ -172,7 +233,7 @@ async def run_azure(job: Job) -> None:
     from azure.core import AsyncPipelineClient
     from azure.core.pipeline.transport import AioHttpTransport
     from azure.core.polling import AsyncLROPoller, AsyncPollingMethod
-    from azure.core.rest import HttpRequest
+    from azure.core.rest import AsyncHttpResponse, HttpRequest
 
     url = job.url + PATH
     headers = job.headers
@@ -222,7 +283,9 @@ async def run_azure(job: Job) -> None:
 
     async with aiohttp.ClientSession() as http:
         transport = AioHttpTransport(session=http, session_owner=False)
-        async with AsyncPipelineClient(job.url, transport=transport) as client:
+        pipeline: AsyncPipelineClient[HttpRequest, AsyncHttpResponse]
+        pipeline = AsyncPipelineClient(job.url, transport=transport)
+        async with pipeline as client:
 
             async def one(index: int, op_id: str) -> None:
                 poller = AsyncLROPoller(client, op_id, lambda e: e, OperationPolling(job.interval))
@@ -232,6 +295,129 @@ async def run_azure(job: Job) -> None:
             async with asyncio.TaskGroup() as tg:
                 for index, op_id in enumerate(job.ids):
                     tg.create_task(one(index, op_id))
+
+
+# -- the anchors: a batched poller as a skilled user writes it by hand --------------------
+
+
+class BatchPoller:
+    """The anchors' poller: one polling loop over one aiohttp session, nothing else.
+
+    Every ``interval`` seconds (from the start of the previous round; no jitter, no
+    backoff) it asks for every active ID: ``ceil(active / max_batch)`` GETs of
+    ``max_batch`` IDs each, at most ``IN_FLIGHT`` at once. Bodies are decoded with orjson;
+    each ID whose state is terminal leaves the active set and is handed, with its entry,
+    to ``on_terminal`` (once). A failed request (connection error, timeout, non-200,
+    undecodable body) is counted and its IDs are simply asked for again next round.
+    """
+
+    IN_FLIGHT = 4  # asyncpoll's default max_concurrent_requests
+
+    def __init__(
+        self,
+        job: Job,
+        http: aiohttp.ClientSession,
+        on_terminal: Callable[[str, dict[str, Any]], None],
+    ) -> None:
+        import aiohttp  # imported here, like every contender's libraries
+
+        self._job = job
+        self._http = http
+        self._on_terminal = on_terminal
+        self._url = job.url + PATH
+        self._headers = job.headers
+        self._failures = (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError)
+        # Each active ID -> its query parameter, URL-encoded once: "asyncOperationIds=<ID>".
+        self._active: dict[str, str] = {}
+
+    def add(self, op_id: str) -> None:
+        self._active[op_id] = f"{IDS}={quote(op_id, safe='')}"
+
+    async def run(self) -> None:
+        """Poll round after round until no ID is left active."""
+        loop = asyncio.get_running_loop()
+        next_round = loop.time()
+        while True:
+            await self._round()
+            if not self._active:
+                return
+            # A round that overran its interval is followed at once (no catch-up burst).
+            next_round = max(next_round + self._job.interval, loop.time())
+            await asyncio.sleep(next_round - loop.time())
+
+    async def _round(self) -> None:
+        params = list(self._active.values())
+        batch = self._job.max_batch
+        starts = iter(range(0, len(params), batch))
+
+        async def worker() -> None:
+            # The workers share one iterator: each takes the next batch when it is free.
+            for start in starts:
+                await self._get("&".join(params[start : start + batch]))
+
+        await asyncio.gather(*(worker() for _ in range(self.IN_FLIGHT)))
+
+    async def _get(self, query: str) -> None:
+        self._job.client_requests += 1
+        try:
+            async with self._http.get(f"{self._url}?{query}", headers=self._headers) as response:
+                if response.status != 200:
+                    self._job.client_errors += 1
+                    return
+                entries = orjson.loads(await response.read())
+        except self._failures:
+            self._job.client_errors += 1
+            return
+        for entry in entries:
+            op_id = entry["id"]
+            if entry["state"] in TERMINAL and self._active.pop(op_id, None) is not None:
+                self._on_terminal(op_id, entry)
+
+
+async def run_anchor(job: Job) -> None:
+    """The anchor with one asyncio task per operation awaiting its own future, as the
+    asyncpoll contender runs one task per ``wait``."""
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
+
+    def resolve(op_id: str, entry: dict[str, Any]) -> None:
+        futures.pop(op_id).set_result(entry)
+
+    async with aiohttp.ClientSession() as http:
+        poller = BatchPoller(job, http, resolve)
+
+        async def wait(op_id: str) -> dict[str, Any]:
+            """A hand-written ``wait``: register the ID, await its terminal entry."""
+            future: asyncio.Future[dict[str, Any]] = loop.create_future()
+            futures[op_id] = future
+            poller.add(op_id)
+            return await future
+
+        async def one(index: int, op_id: str) -> None:
+            await wait(op_id)
+            job.see(index)
+
+        async with asyncio.TaskGroup() as tg:
+            for index, op_id in enumerate(job.ids):
+                tg.create_task(one(index, op_id))
+            # Created last, so its first round comes after every task has added its ID;
+            # it returns once none is left active.
+            tg.create_task(poller.run())
+
+
+async def run_anchor_bulk(job: Job) -> None:
+    """The anchor's loop alone, no task per operation: it records each operation itself
+    when it turns terminal."""
+    import aiohttp
+
+    index_of = {op_id: index for index, op_id in enumerate(job.ids)}
+    async with aiohttp.ClientSession() as http:
+        poller = BatchPoller(job, http, lambda op_id, _: job.see(index_of[op_id]))
+        for op_id in job.ids:
+            poller.add(op_id)
+        await poller.run()
 
 
 async def run_idle_tasks(job: Job) -> None:
@@ -254,17 +440,25 @@ async def run_idle_tasks(job: Job) -> None:
 
 CONTENDERS: dict[str, Callable[[Job], Awaitable[None]]] = {
     "asyncpoll": run_asyncpoll,
+    "asyncpoll-completed": run_asyncpoll_completed,
+    "asyncpoll-watch": run_asyncpoll_watch,
     "naive": run_naive,
     "aiodataloader": run_aiodataloader,
     "azure": run_azure,
+    "anchor": run_anchor,
+    "anchor-bulk": run_anchor_bulk,
     "idle-tasks": run_idle_tasks,
 }
 
 _IMPORTS = {
     "asyncpoll": ("anyio", "asyncpoll"),
+    "asyncpoll-completed": ("anyio", "asyncpoll"),
+    "asyncpoll-watch": ("anyio", "asyncpoll"),
     "naive": ("aiohttp",),
     "aiodataloader": ("aiohttp", "aiodataloader"),
     "azure": ("aiohttp", "azure.core", "azure.core.pipeline.transport", "azure.core.polling"),
+    "anchor": ("aiohttp",),
+    "anchor-bulk": ("aiohttp",),
     "idle-tasks": ("anyio",),
 }
 
@@ -370,7 +564,7 @@ async def _peak_snapshot() -> None:
             sys.stderr.write(f"traced peak {best / 2**20:.1f} MiB\n")
             kind = (
                 "traceback"
-                if len(top.traces) and top.traces[0].traceback.total_nframe > 1
+                if len(top.traces) and (top.traces[0].traceback.total_nframe or 0) > 1
                 else "lineno"
             )
             for stat in top.statistics(kind)[:25]:

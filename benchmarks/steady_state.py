@@ -28,9 +28,10 @@ from urllib.parse import unquote
 import anyio
 import orjson
 
+import asyncpoll
 from asyncpoll import MockTransport, Poller, PollInterval, Request, Response, Session
 
-PACKAGE = str(Path(__import__("asyncpoll").__file__).resolve().parent)
+PACKAGE = str(Path(asyncpoll.__file__).resolve().parent)
 
 
 class Server:

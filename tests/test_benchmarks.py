@@ -18,7 +18,16 @@ from typing import Any
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-POLLING = ("asyncpoll", "naive", "aiodataloader", "azure")
+POLLING = (
+    "asyncpoll",
+    "asyncpoll-completed",
+    "asyncpoll-watch",
+    "naive",
+    "aiodataloader",
+    "azure",
+    "anchor",
+    "anchor-bulk",
+)
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/status").exists(), reason="the harness reads /proc (Linux)"
@@ -73,6 +82,8 @@ def test_figures_are_well_formed(smoke: tuple[dict[str, Any], str]) -> None:
     for name in POLLING:
         figures = run["contenders"][name]
         assert figures["requests"] >= 1
+        # The client counted the requests the simulator received (no failures here).
+        assert figures["client_requests"] == figures["requests"], name
         assert figures["statuses_observed"] >= run["n"]
         for key in (
             "cpu_seconds",
@@ -82,12 +93,16 @@ def test_figures_are_well_formed(smoke: tuple[dict[str, Any], str]) -> None:
             "rss_growth_kib",
             "rss_growth_per_op_bytes",
             "loop_lag_p99",
+            "loop_lag_max",
             "server_cpu_seconds",
             "wall_seconds",
             "gc_seconds",
         ):
             _number(figures, key)
         assert figures["latency_p50"] <= figures["latency_p99"] <= figures["latency_max"]
+    watch = run["contenders"]["asyncpoll-watch"]
+    assert watch["terminal_events"] == run["n"]
+    assert watch["events"] >= watch["terminal_events"]
     _number(run["contenders"]["idle-tasks"], "rss_growth_per_op_bytes")
     floor = run["floor"]
     assert floor["bodies"] == run["contenders"]["asyncpoll"]["server"]["statuses"]["200"]
@@ -105,6 +120,15 @@ def test_targets_and_table_are_reported(smoke: tuple[dict[str, Any], str]) -> No
     names = [t["target"] for t in run["targets"]]
     assert "requests vs lower bound" in names
     assert "CPU per status vs orjson floor" in names
+    issue10 = {(t["contender"], t["target"]) for t in run["targets"] if t["issue"] == 10}
+    assert ("asyncpoll", "CPU per status vs anchor") in issue10
+    assert ("asyncpoll", "CPU per status below aiodataloader") in issue10
+    for name in ("asyncpoll-completed", "asyncpoll-watch"):
+        assert (name, "CPU per status vs anchor-bulk") in issue10
+        assert (name, "RSS growth per op") in issue10
+    for name in ("asyncpoll", "asyncpoll-completed", "asyncpoll-watch"):
+        assert (name, "keeps up: requests vs lower bound") in issue10
+        assert (name, "start-up: loop lag max") in issue10
     assert all(isinstance(t["pass"], bool) and t["measured"] for t in run["targets"])
     assert "| contender | requests |" in stdout
     for name in POLLING:
