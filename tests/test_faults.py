@@ -61,6 +61,7 @@ from asyncpoll import (
     Session,
     TransportError,
 )
+from asyncpoll._poller._delivery import Mailbox
 from asyncpoll.testing import Faults, LoggedRequest, ScriptedResponse, SimulatedServer
 
 pytestmark = pytest.mark.anyio
@@ -134,7 +135,9 @@ def running_tasks() -> int:
     def count(task: trio.lowlevel.Task) -> int:
         return 1 + sum(count(c) for n in task.child_nurseries for c in n.child_tasks)
 
-    return count(trio.lowlevel.current_root_task())
+    root = trio.lowlevel.current_root_task()
+    assert root is not None  # None only outside a running trio loop
+    return count(root)
 
 
 async def settled(predicate: Callable[[], bool], *, within: float = 5.0) -> bool:
@@ -441,11 +444,11 @@ async def test_429_pauses_the_whole_host_for_the_poller(server: SimulatedServer)
                 await anyio.sleep(0.2)
                 server.script(ScriptedResponse(429, headers={"Retry-After": str(hint)}))
 
-                def resumed() -> bool:
+                def polling_resumed() -> bool:
                     ends = [s.end for s in recorder.sent if s.status == 429]
                     return bool(ends) and any(s.start > ends[0] for s in recorder.sent)
 
-                assert await settled(resumed)
+                assert await settled(polling_resumed)
                 tg.cancel_scope.cancel()
     assert check_retry_after(server, recorder, hint) == 1
     [answer] = [s for s in recorder.sent if s.status == 429]
@@ -569,7 +572,7 @@ async def consume(poller: Poller, kind: str, ids: list[str]) -> None:
         assert [op.id for op in await poller.wait_all(ids)] == ids
     else:
         context = poller.watch(ids) if kind == "watch" else poller.as_completed(ids)
-        async with context as stream:  # type: ignore[attr-defined]
+        async with context as stream:
             async for _ in stream:
                 await anyio.lowlevel.checkpoint()
 
@@ -659,7 +662,7 @@ async def test_closing_leaves_no_task_and_no_connection(
     opened: list[int] = []
     busy = anyio.Event()
 
-    async def hang(start: Callable[[anyio.abc.TaskGroup], None]) -> None:
+    async def hang(start: Callable[[anyio.abc.TaskGroup], object]) -> None:
         """Leave the block with requests in flight: by an error, or by being cancelled."""
         server.faults = Faults(latency=(10.0, 10.0))  # answers held back by the server
         async with anyio.create_task_group() as tg:
@@ -755,6 +758,7 @@ async def test_a_slow_watcher_buffers_at_most_one_event_per_id(server: Simulated
 
             async with poller.watch(ids) as slow, anyio.create_task_group() as tg:
                 [subscription] = poller._subscriptions
+                assert isinstance(subscription, Mailbox)  # a watcher's subscription
                 tg.start_soon(fast)
                 # The slow watcher reads nothing while every operation runs to its end.
                 peak = 0

@@ -133,7 +133,7 @@ async def test_a_recovered_server_clears_the_outage_and_logs_twice(
     op_id = server.add_operation(duration=0.0)
     server.faults = Faults(error_rate=1.0, error_status=503)
     caplog.set_level(logging.DEBUG, logger="asyncpoll")
-    session = Session(server.url, token=server.token, retry=FAST_RETRY)
+    session = Session(server.url, token=server.token or "", retry=FAST_RETRY)
     async with session, Poller(session, interval=QUICK, outage_timeout=30) as poller:
         async with anyio.create_task_group() as tg:
 
@@ -209,7 +209,7 @@ async def test_a_poller_refuses_another_event_loop(
 
         anyio.run(use, backend=anyio_backend)
 
-    session = Session(server.url, token=server.token)
+    session = Session(server.url, token=server.token or "")
     async with session, Poller(session, interval=QUICK) as poller:
         with anyio.fail_after(10):
             await anyio.to_thread.run_sync(other_loop)
@@ -223,7 +223,7 @@ async def test_a_poller_refuses_another_event_loop(
 
 def test_a_poller_from_an_earlier_asyncio_run_raises_at_once(server: SimulatedServer) -> None:
     async def enter() -> Poller:
-        session = Session(server.url, token=server.token)
+        session = Session(server.url, token=server.token or "")
         await session.__aenter__()
         poller = Poller(session)
         await poller.__aenter__()
@@ -244,7 +244,7 @@ def test_a_poller_from_an_earlier_asyncio_run_raises_at_once(server: SimulatedSe
 async def test_iterating_without_async_with_shows_the_right_form(
     server: SimulatedServer, method: str, form: str
 ) -> None:
-    session = Session(server.url, token=server.token)
+    session = Session(server.url, token=server.token or "")
     async with session, Poller(session) as poller:
         block = getattr(poller, method)(["a"])
         with pytest.raises(TypeError) as caught:
@@ -298,7 +298,7 @@ def test_nonsense_poll_intervals_raise_value_error(options: dict[str, float]) ->
 async def test_nonsense_wait_timeouts_raise_value_error(
     server: SimulatedServer, timeout: float
 ) -> None:
-    session = Session(server.url, token=server.token)
+    session = Session(server.url, token=server.token or "")
     async with session, Poller(session) as poller:
         with pytest.raises(ValueError, match="timeout"):
             await poller.wait("a", timeout=timeout)

@@ -243,10 +243,11 @@ async def test_watch_events(server: SimulatedServer) -> None:
         assert OperationState.RUNNING in states
         assert len(events) >= 4  # first sight, some progress, two terminals
         terminal = {e.operation_id: e for e in events if e.is_terminal}
-        assert terminal[ids[0]].operation is not None
-        assert terminal[ids[0]].operation.state is OperationState.SUCCEEDED
-        assert terminal[ids[1]].operation is not None
-        assert terminal[ids[1]].operation.state is OperationState.FAILED
+        first, second = terminal[ids[0]].operation, terminal[ids[1]].operation
+        assert first is not None
+        assert first.state is OperationState.SUCCEEDED
+        assert second is not None
+        assert second.state is OperationState.FAILED
         assert_clean(poller)
 
 
@@ -508,7 +509,7 @@ async def test_cancellation_at_any_point_leaves_nothing(
                 await calls[kind]()
                 return
             context = poller.watch(ids) if kind == "watch" else poller.as_completed(ids)
-            async with context as stream:  # type: ignore[attr-defined]
+            async with context as stream:
                 async for _ in stream:
                     await anyio.lowlevel.checkpoint()
 

@@ -173,9 +173,9 @@ async def session_errors(server: SimulatedServer) -> dict[str, BaseException]:
         server.script(ScriptedResponse(418))
         await capture("unexpected status", APIError, session)
         server.script(ScriptedResponse(400))
-        with pytest.raises(APIError) as info:
+        with pytest.raises(APIError) as single:
             await session.get_operations(["op-1"])
-        errors["single-ID 400"] = info.value
+        errors["single-ID 400"] = single.value
     async with canary(max_response_size=64) as session:
         server.script(*[ScriptedResponse(body=b"[" + b" " * 100 + b"]")] * 3)
         await capture("too large", ResponseTooLarge, session)

@@ -5,6 +5,7 @@ and nonsense arguments raise ValueError at construction."""
 from __future__ import annotations
 
 import math
+from typing import TypedDict
 
 import anyio
 import pytest
@@ -86,10 +87,22 @@ def test_nonsense_session_arguments_raise_value_error(options: dict[str, float])
         Session("http://127.0.0.1:1", token="t", **options)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("field", ["initial", "maximum", "timeout"])
-def test_nonsense_retry_policy_raises_value_error(field: str) -> None:
-    with pytest.raises(ValueError, match=field):
-        RetryPolicy(**{field: math.nan})
+class RetryTimes(TypedDict, total=False):
+    """The float fields of a RetryPolicy, so that one of them can be passed by name."""
+
+    initial: float
+    maximum: float
+    timeout: float
+
+
+@pytest.mark.parametrize(
+    "options",
+    [RetryTimes(initial=math.nan), RetryTimes(maximum=math.nan), RetryTimes(timeout=math.nan)],
+    ids=["initial", "maximum", "timeout"],
+)
+def test_nonsense_retry_policy_raises_value_error(options: RetryTimes) -> None:
+    with pytest.raises(ValueError, match=next(iter(options))):
+        RetryPolicy(**options)
 
 
 @pytest.mark.parametrize("transport", [AiohttpTransport, HttpxTransport])
@@ -110,7 +123,7 @@ async def test_a_session_refuses_another_event_loop(server: SimulatedServer) -> 
 
         anyio.run(use)
 
-    async with Session(server.url, token=server.token) as session:
+    async with Session(server.url, token=server.token or "") as session:
         with anyio.fail_after(10):
             await anyio.to_thread.run_sync(other_loop)
         assert await session.get_operations(["a"]) == []
