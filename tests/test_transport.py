@@ -2,24 +2,34 @@
 
 HttpxTransport runs on asyncio and trio; AiohttpTransport on asyncio only (aiohttp
 cannot run under trio). Every failure must surface as an asyncpoll ``TransportError``
-subclass, chained (``raise ... from``) to the library's exception, which never leaks.
+subclass, chained (``raise ... from``) to a stand-in for the library's exception, which
+never leaks. Each transport declares its exception map; the tests below check that it
+covers every exception its library exports, with the kind intended for each.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Callable
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from types import ModuleType, TracebackType
+from typing import Any, cast
 
 import aiohttp
 import anyio
 import httpx
+import multidict
 import pytest
+import yarl
+from aiohttp.client_reqrep import ConnectionKey
 
 from asyncpoll import (
     AiohttpTransport,
     AsyncTransport,
     ConnectError,
     HttpxTransport,
+    InvalidResponseError,
     MockTransport,
     Request,
     RequestTimeout,
@@ -28,6 +38,8 @@ from asyncpoll import (
     Session,
     TransportError,
 )
+from asyncpoll._transport import _aiohttp, _httpx
+from asyncpoll._transport._body import ExceptionMap, LibraryError, caught_by, error_kind
 from asyncpoll.testing import ScriptedResponse, SimulatedServer
 
 pytestmark = pytest.mark.anyio
@@ -193,6 +205,315 @@ async def test_cancellation_propagates(transport: Factory, server: SimulatedServ
     assert scope.cancelled_caught
     # The transport stays usable after a cancelled request.
     assert (await client.handle_request(request_for(server.url, ["a"]))).status == 200
+
+
+# -- the exception maps ---------------------------------------------------------------------
+
+AUTH = "Bearer test-token"
+URL = "http://example.test/programs?asyncOperationIds=a"
+STDLIB_KINDS: dict[type[Exception], type[TransportError]] = {
+    # asyncio's and anyio's timeouts: aiohttp's total ClientTimeout, the httpx scope.
+    TimeoutError: RequestTimeout,
+    OSError: ConnectError,
+    ConnectionResetError: ConnectError,
+    UnicodeError: ConnectError,
+    ValueError: ConnectError,
+}
+AIOHTTP_KINDS: dict[type[Exception], type[TransportError]] = {
+    aiohttp.ServerTimeoutError: RequestTimeout,
+    aiohttp.ConnectionTimeoutError: RequestTimeout,
+    aiohttp.SocketTimeoutError: RequestTimeout,
+    # aiohttp's parser refused what the server sent.
+    aiohttp.ClientResponseError: InvalidResponseError,
+    aiohttp.ContentTypeError: InvalidResponseError,
+    aiohttp.TooManyRedirects: InvalidResponseError,
+    aiohttp.WSServerHandshakeError: InvalidResponseError,
+    # A proxy refused the tunnel: the server was never reached.
+    aiohttp.ClientHttpProxyError: ConnectError,
+    aiohttp.ClientPayloadError: ConnectError,
+    aiohttp.ClientError: ConnectError,
+    aiohttp.ClientConnectionError: ConnectError,
+    aiohttp.ClientConnectionResetError: ConnectError,
+    aiohttp.ClientOSError: ConnectError,
+    aiohttp.ClientConnectorError: ConnectError,
+    aiohttp.ClientConnectorDNSError: ConnectError,
+    aiohttp.ClientProxyConnectionError: ConnectError,
+    aiohttp.ClientSSLError: ConnectError,
+    aiohttp.ClientConnectorSSLError: ConnectError,
+    aiohttp.ClientConnectorCertificateError: ConnectError,
+    aiohttp.client_exceptions.UnixClientConnectorError: ConnectError,
+    aiohttp.ServerConnectionError: ConnectError,
+    aiohttp.ServerDisconnectedError: ConnectError,
+    aiohttp.ServerFingerprintMismatch: ConnectError,
+    aiohttp.InvalidURL: ConnectError,
+    aiohttp.InvalidUrlClientError: ConnectError,
+    aiohttp.InvalidUrlRedirectClientError: ConnectError,
+    aiohttp.NonHttpUrlClientError: ConnectError,
+    aiohttp.NonHttpUrlRedirectClientError: ConnectError,
+    aiohttp.RedirectClientError: ConnectError,
+    aiohttp.UploadAbortedError: ConnectError,
+}
+# Exported, but no request raises them: websockets, warnings of multipart parsing, and
+# the end-of-stream signal aiohttp's own stream iterators catch.
+AIOHTTP_NOT_RAISED: set[type[BaseException]] = {
+    aiohttp.WebSocketError,
+    aiohttp.WSMessageTypeError,
+    aiohttp.EofStream,
+    aiohttp.BadContentDispositionHeader,
+    aiohttp.BadContentDispositionParam,
+}
+HTTPX_KINDS: dict[type[Exception], type[TransportError]] = {
+    httpx.TimeoutException: RequestTimeout,
+    httpx.ConnectTimeout: RequestTimeout,
+    httpx.ReadTimeout: RequestTimeout,
+    httpx.WriteTimeout: RequestTimeout,
+    httpx.PoolTimeout: RequestTimeout,
+    httpx.DecodingError: InvalidResponseError,
+    httpx.TooManyRedirects: InvalidResponseError,
+    httpx.HTTPError: ConnectError,
+    httpx.HTTPStatusError: ConnectError,
+    httpx.RequestError: ConnectError,
+    httpx.TransportError: ConnectError,
+    httpx.NetworkError: ConnectError,
+    httpx.ConnectError: ConnectError,
+    httpx.ReadError: ConnectError,
+    httpx.WriteError: ConnectError,
+    httpx.CloseError: ConnectError,
+    # httpcore's word for a dropped connection as much as for malformed HTTP.
+    httpx.ProtocolError: ConnectError,
+    httpx.RemoteProtocolError: ConnectError,
+    httpx.LocalProtocolError: ConnectError,
+    httpx.ProxyError: ConnectError,
+    httpx.UnsupportedProtocol: ConnectError,
+    httpx.StreamError: ConnectError,
+    httpx.StreamConsumed: ConnectError,
+    httpx.StreamClosed: ConnectError,
+    httpx.ResponseNotRead: ConnectError,
+    httpx.RequestNotRead: ConnectError,
+    httpx.InvalidURL: ConnectError,
+}
+# Exported, but only Cookies.get raises it, and asyncpoll never reads a cookie.
+HTTPX_NOT_RAISED: set[type[BaseException]] = {httpx.CookieConflict}
+
+LIBRARIES: dict[str, tuple[ModuleType, ExceptionMap, dict[type[Exception], Any], set[Any]]] = {
+    "aiohttp": (aiohttp, _aiohttp.EXCEPTION_MAP, AIOHTTP_KINDS, AIOHTTP_NOT_RAISED),
+    "httpx": (httpx, _httpx.exception_map(), HTTPX_KINDS, HTTPX_NOT_RAISED),
+}
+
+
+def exported_exceptions(module: ModuleType) -> set[type[BaseException]]:
+    """Every exception class ``module`` exports, and every subclass of one it defines."""
+    found = {
+        obj
+        for name in dir(module)
+        if isinstance(obj := getattr(module, name), type) and issubclass(obj, BaseException)
+    }
+    stack = list(found)
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            if sub.__module__.split(".")[0] == module.__name__ and sub not in found:
+                found.add(sub)
+                stack.append(sub)
+    return found
+
+
+def kind_for(cls: type[BaseException], mapping: ExceptionMap) -> type[TransportError] | None:
+    """What the first entry covering ``cls`` makes of it (``error_kind`` of an instance)."""
+    return next((kind for mapped, kind in mapping if issubclass(cls, mapped)), None)
+
+
+def names(classes: Iterable[type[BaseException]]) -> list[str]:
+    return sorted(cls.__qualname__ for cls in classes)
+
+
+@pytest.mark.parametrize("library", list(LIBRARIES))
+def test_exception_map_covers_every_exported_exception(library: str) -> None:
+    module, mapping, kinds, not_raised = LIBRARIES[library]
+    exported = exported_exceptions(module)
+    # A class the library adds (or drops) fails here until its kind is decided.
+    assert names(exported - not_raised) == names(set(kinds))
+    assert not_raised <= exported
+    # What is left out is left out of the map too, not silently caught.
+    assert {cls: kind_for(cls, mapping) for cls in not_raised} == dict.fromkeys(not_raised)
+    expected = {**kinds, **STDLIB_KINDS}
+    uncovered = {cls for cls in expected if not issubclass(cls, caught_by(mapping))}
+    assert names(uncovered) == []
+    actual = {cls.__qualname__: kind_for(cls, mapping) for cls in expected}
+    assert actual == {cls.__qualname__: kind for cls, kind in expected.items()}
+
+
+@pytest.mark.parametrize("library", list(LIBRARIES))
+def test_exactly_the_timeouts_are_request_timeouts(library: str) -> None:
+    module, mapping, _, not_raised = LIBRARIES[library]
+    timeouts = (TimeoutError, httpx.TimeoutException)
+    for cls in exported_exceptions(module) - not_raised | set(STDLIB_KINDS):
+        assert (kind_for(cls, mapping) is RequestTimeout) == issubclass(cls, timeouts), cls
+
+
+@pytest.mark.parametrize("library", list(LIBRARIES))
+def test_exception_map_goes_most_specific_first(library: str) -> None:
+    _, mapping, _, _ = LIBRARIES[library]
+    classes = caught_by(mapping)
+    assert len(set(classes)) == len(classes)
+    for index, cls in enumerate(classes):
+        # No entry is shadowed by a broader one before it.
+        shadowing = [earlier for earlier in classes[:index] if issubclass(cls, earlier)]
+        assert shadowing == [], cls
+    assert all(issubclass(kind, TransportError) for _, kind in mapping)
+
+
+def test_error_kind_refuses_an_exception_outside_the_map() -> None:
+    with pytest.raises(LookupError, match="KeyError"):
+        error_kind(KeyError("k"), _aiohttp.EXCEPTION_MAP)
+
+
+def aiohttp_error(cls: type[Exception]) -> Exception:
+    """A representative of ``cls``, built as aiohttp builds it, the token in its text."""
+    headers = multidict.CIMultiDictProxy(multidict.CIMultiDict(Authorization=AUTH))
+    info = aiohttp.RequestInfo(yarl.URL(URL), "GET", headers)
+    key = ConnectionKey("example.test", 443, True, True, None, None, None)
+    refused = ConnectionRefusedError(111, f"refused {AUTH}")
+    if issubclass(cls, aiohttp.ClientResponseError):
+        return cls(info, (), status=400, message=f"Invalid header {AUTH!r}", headers=headers)
+    if issubclass(cls, aiohttp.ClientConnectorCertificateError):
+        return cls(key, ssl.SSLCertVerificationError(f"certificate for {AUTH}"))
+    if issubclass(cls, aiohttp.client_exceptions.UnixClientConnectorError):
+        return cls("/run/api.sock", key, refused)
+    if issubclass(cls, aiohttp.ClientConnectorError):
+        return cls(key, refused)
+    if issubclass(cls, aiohttp.ServerFingerprintMismatch):
+        return cls(b"expected", b"got", "example.test", 443)
+    if issubclass(cls, aiohttp.InvalidURL):
+        return cls(URL, f"invalid {AUTH}")
+    return cls(f"failed {AUTH}")
+
+
+def httpx_error(cls: type[Exception]) -> Exception:
+    """A representative of ``cls``, built as httpx builds it, the token in its text."""
+    request = httpx.Request("GET", URL, headers={"Authorization": AUTH})
+    if issubclass(cls, httpx.HTTPStatusError):
+        response = httpx.Response(500, request=request)
+        return cls(f"status {AUTH}", request=request, response=response)
+    if issubclass(cls, httpx.RequestError):
+        return cls(f"failed {AUTH}", request=request)
+    if issubclass(cls, httpx.StreamError) and cls is not httpx.StreamError:
+        # Their messages are fixed: the subclasses take no argument.
+        return cast("Callable[[], Exception]", cls)()
+    return cls(f"failed {AUTH}")
+
+
+def stdlib_error(cls: type[Exception]) -> Exception:
+    """A representative of a standard exception raised under the HTTP libraries."""
+    if issubclass(cls, ConnectionResetError):
+        return cls(104, f"reset by peer {AUTH}")
+    return cls(f"failed {AUTH}")
+
+
+def translation_cases() -> list[Any]:
+    cases = [
+        pytest.param(library, cls, make, kind, id=f"{library}-{cls.__qualname__}")
+        for library, kinds, make in (
+            ("aiohttp", AIOHTTP_KINDS, aiohttp_error),
+            ("httpx", HTTPX_KINDS, httpx_error),
+        )
+        for cls, kind in kinds.items()
+    ]
+    cases += [
+        pytest.param(library, cls, stdlib_error, kind, id=f"{library}-{cls.__qualname__}")
+        for library in LIBRARIES
+        for cls, kind in STDLIB_KINDS.items()
+    ]
+    return cases
+
+
+class RaisingSession:
+    """In the place of aiohttp's ``ClientSession``: each request raises ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def request(self, *args: Any, **kwargs: Any) -> RaisingSession:
+        return self
+
+    async def __aenter__(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        raise self.error
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    async def close(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+
+@asynccontextmanager
+async def raising(library: str, anyio_backend: str, error: BaseException) -> AsyncIterator[Any]:
+    """A real transport whose HTTP library raises ``error`` for each request."""
+    transport: AiohttpTransport | HttpxTransport
+    if library == "aiohttp":
+        if anyio_backend == "trio":
+            pytest.skip("aiohttp runs on asyncio only")
+        transport = AiohttpTransport()
+        transport._session = RaisingSession(error)  # type: ignore[assignment]
+    else:
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            await anyio.lowlevel.checkpoint()
+            raise error
+
+        transport = HttpxTransport()
+        await transport._client.aclose()
+        transport._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    try:
+        yield transport
+    finally:
+        await transport.aclose()
+
+
+def sent() -> Request:
+    return Request("GET", URL, headers={"Authorization": AUTH}, timeout=5.0)
+
+
+@pytest.mark.parametrize(("library", "cls", "make", "kind"), translation_cases())
+async def test_each_exception_becomes_its_kind_through_the_transport(
+    library: str,
+    cls: type[Exception],
+    make: Callable[[type[Exception]], Exception],
+    kind: type[TransportError],
+    anyio_backend: str,
+) -> None:
+    original = make(cls)
+    assert type(original) is cls
+    async with raising(library, anyio_backend, original) as transport:
+        with pytest.raises(TransportError) as info:
+            await transport.handle_request(sent())
+    error = info.value
+    assert type(error) is kind
+    cause = error.__cause__
+    assert type(cause) is LibraryError
+    assert str(cause).startswith(f"{cls.__name__}: ")
+    # The stand-in is the whole chain: the library's exception is neither cause nor
+    # context of anything the caller sees.
+    assert error.__context__ is None
+    assert (cause.__cause__, cause.__context__) == (None, None)
+    for text in (str(error), repr(error), str(cause), repr(cause)):
+        assert "test-token" not in text
+
+
+@pytest.mark.parametrize("library", list(LIBRARIES))
+async def test_asyncpoll_errors_and_unmapped_exceptions_pass_through(
+    library: str, anyio_backend: str
+) -> None:
+    # BodyReader's own errors arrive unchanged; what no entry maps is not caught at all
+    # (the Session describes it without chaining).
+    for original in (ResponseTooLarge("too big"), InvalidResponseError("bad"), KeyError("k")):
+        async with raising(library, anyio_backend, original) as transport:
+            with pytest.raises(type(original)) as info:
+                await transport.handle_request(sent())
+        assert info.value is original
+        assert info.value.__cause__ is None
 
 
 # -- default transport ----------------------------------------------------------------------

@@ -5,14 +5,48 @@ from __future__ import annotations
 import aiohttp
 import yarl
 
-from .._errors import TransportError
+from .._errors import ConnectError, InvalidResponseError, RequestTimeout, TransportError
 from .._validation import check_count
 from ._base import Request, Response
-from ._body import ACCEPT_ENCODING, BodyReader, ReadBudget, translate
+from ._body import ACCEPT_ENCODING, BodyReader, ExceptionMap, ReadBudget, caught_by, translate
 
-__all__ = ["AiohttpTransport"]
+__all__ = ["EXCEPTION_MAP", "AiohttpTransport"]
 
 _CHUNK = 64 * 1024
+
+#: What each exception aiohttp (or asyncio under it) raises becomes, most specific first.
+#: ``tests/test_transport.py`` checks that every exception aiohttp exports is covered.
+EXCEPTION_MAP: ExceptionMap = (
+    # sock_connect and sock_read timeouts (ConnectionTimeoutError, SocketTimeoutError);
+    # also OSErrors, so they must come before every connection entry.
+    (aiohttp.ServerTimeoutError, RequestTimeout),
+    # A proxy refused the tunnel: the server was never reached (no proxy is used here,
+    # trust_env is off). Before ClientResponseError, its base.
+    (aiohttp.ClientHttpProxyError, ConnectError),
+    # Raised when aiohttp's parser refuses what the server sent (a malformed status line,
+    # header or chunk framing): the server answered, not in HTTP, so a bad response. The
+    # other subclasses (TooManyRedirects, ContentTypeError, WSServerHandshakeError) need
+    # redirects, .json() or websockets, none of which is used.
+    (aiohttp.ClientResponseError, InvalidResponseError),
+    # The body ended before its Content-Length or last chunk: the connection dropped
+    # before a full response (aiohttp gives no way to tell a cut from bad framing).
+    (aiohttp.ClientPayloadError, ConnectError),
+    # Refused, reset, dropped, DNS, TLS and certificate errors, fingerprint mismatches.
+    (aiohttp.ClientConnectionError, ConnectError),
+    # A URL aiohttp will not send to (InvalidURL, NonHttpUrlClientError): the request
+    # never left. And any other client error: the request did not get a response.
+    (aiohttp.ClientError, ConnectError),
+    # The total ClientTimeout, raised as asyncio's (the builtin) TimeoutError.
+    (TimeoutError, RequestTimeout),
+    # Kept from before the map: asyncio's streams can raise a bare OSError (a reset while
+    # writing), aiohttp and yarl raise ValueError for a URL or header they refuse (a
+    # newline in a header), and the IDNA codec UnicodeError for a host name it cannot
+    # encode. None of them is a response, so none is worse than a failed connection.
+    (OSError, ConnectError),
+    (UnicodeError, ConnectError),
+    (ValueError, ConnectError),
+)
+_CAUGHT = caught_by(EXCEPTION_MAP)
 
 
 class AiohttpTransport:
@@ -75,10 +109,8 @@ class AiohttpTransport:
                 return Response(status=response.status, headers=headers_out, body=body)
         except TransportError:
             raise
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            error = translate(exc, request, timed_out=True)
-        except (aiohttp.ClientError, OSError, ValueError, UnicodeError) as exc:
-            error = translate(exc, request, timed_out=False)
+        except _CAUGHT as exc:
+            error = translate(exc, request, EXCEPTION_MAP)
         # Raised here, outside the handler: aiohttp's exception must not ride along as
         # __context__ (the repr of its request_info shows the Authorization header).
         raise error

@@ -13,7 +13,6 @@ import zlib
 from collections.abc import Mapping
 
 from .._errors import (
-    ConnectError,
     InvalidResponseError,
     RequestTimeout,
     ResponseTooLarge,
@@ -21,10 +20,26 @@ from .._errors import (
 )
 from ._base import Request
 
-__all__ = ["ACCEPT_ENCODING", "BodyReader", "LibraryError", "ReadBudget", "redact", "translate"]
+__all__ = [
+    "ACCEPT_ENCODING",
+    "BodyReader",
+    "ExceptionMap",
+    "LibraryError",
+    "ReadBudget",
+    "caught_by",
+    "error_kind",
+    "redact",
+    "translate",
+]
 
 #: What transports send as ``Accept-Encoding``: brotli and zstd are never asked for.
 ACCEPT_ENCODING = "gzip, deflate"
+
+#: One transport's exception map: pairs of (an exception its HTTP library, or the
+#: standard library under it, raises; the :class:`TransportError` subclass it becomes:
+#: :class:`RequestTimeout`, :class:`ConnectError` or :class:`InvalidResponseError`), most
+#: specific first. The first entry an exception is an instance of decides its kind.
+ExceptionMap = tuple[tuple[type[Exception], type[TransportError]], ...]
 
 _STEP = 256 * 1024  # decoded bytes per decompression step
 _WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
@@ -189,15 +204,33 @@ class LibraryError(Exception):
         return cls(redact(f"{type(exc).__name__}: {str(exc)[:300]}", headers))
 
 
-def translate(exc: BaseException, request: Request, *, timed_out: bool) -> TransportError:
-    """The :class:`TransportError` an HTTP library's ``exc`` becomes: a
-    :class:`RequestTimeout` or a :class:`ConnectError`, caused by a :class:`LibraryError`.
-    Raise it outside the ``except`` block, so the library's exception is not its
-    ``__context__`` either."""
+def caught_by(mapping: ExceptionMap) -> tuple[type[Exception], ...]:
+    """The classes of ``mapping``'s entries: the ``except`` clause whose exceptions a
+    transport hands to :func:`translate`, so that nothing outside the map is caught."""
+    return tuple(cls for cls, _ in mapping)
+
+
+def error_kind(exc: BaseException, mapping: ExceptionMap) -> type[TransportError]:
+    """The asyncpoll error ``exc`` becomes: that of the first entry of ``mapping`` whose
+    class ``exc`` is an instance of (entries go most specific first). Raises
+    :class:`LookupError` if no entry covers it: ``exc`` was not caught by
+    :func:`caught_by` of the same map."""
+    for cls, kind in mapping:
+        if isinstance(exc, cls):
+            return kind
+    raise LookupError(f"{type(exc).__name__} is in no entry of the exception map")
+
+
+def translate(exc: BaseException, request: Request, mapping: ExceptionMap) -> TransportError:
+    """The :class:`TransportError` an HTTP library's ``exc`` becomes under ``mapping``
+    (see :func:`error_kind`), caused by a :class:`LibraryError`. Raise it outside the
+    ``except`` block, so the library's exception is not its ``__context__`` either."""
+    kind = error_kind(exc, mapping)
     cause = LibraryError.of(exc, request.headers)
-    if timed_out:
-        error: TransportError = RequestTimeout(f"no complete response within {request.timeout} s")
+    error: TransportError
+    if issubclass(kind, RequestTimeout):
+        error = kind(f"no complete response within {request.timeout} s")
     else:
-        error = ConnectError(str(cause))
+        error = kind(str(cause))
     error.__cause__ = cause
     return error

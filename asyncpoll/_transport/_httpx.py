@@ -2,17 +2,66 @@
 
 from __future__ import annotations
 
+import functools
 import http.cookiejar
 from typing import Any
 
 import anyio
 
-from .._errors import TransportError
+from .._errors import ConnectError, InvalidResponseError, RequestTimeout, TransportError
 from .._validation import check_count
 from ._base import Request, Response
-from ._body import ACCEPT_ENCODING, BodyReader, ReadBudget, translate
+from ._body import ACCEPT_ENCODING, BodyReader, ExceptionMap, ReadBudget, caught_by, translate
 
-__all__ = ["HttpxTransport"]
+__all__ = ["HttpxTransport", "exception_map"]
+
+
+@functools.cache
+def exception_map() -> ExceptionMap:
+    """What each exception httpx (or anyio and the standard library under it) raises
+    becomes, most specific first. A function, not a constant: httpx is an optional extra,
+    imported on first use. ``tests/test_transport.py`` checks that every exception httpx
+    exports is covered. Raises :class:`ImportError` without httpx."""
+    import httpx
+
+    return (
+        # Connect, read, write and pool timeouts (each restarts on every byte: the total
+        # is the anyio scope's TimeoutError below, but a timeout is a timeout).
+        (httpx.TimeoutException, RequestTimeout),
+        # Refused, reset and closed connections, DNS and TLS errors.
+        (httpx.NetworkError, ConnectError),
+        # httpcore raises it for malformed HTTP, and just as well for a server that hung
+        # up before its response ("Server disconnected without sending a response") or in
+        # its body ("peer closed connection without sending complete message body"): by
+        # far the commoner, and a dropped connection. With no way to tell them apart but
+        # the message, ConnectError (where aiohttp's parser errors are bad responses).
+        (httpx.RemoteProtocolError, ConnectError),
+        # What we sent broke HTTP (h11 refused a header): the request never left.
+        (httpx.LocalProtocolError, ConnectError),
+        # A proxy (none is used, trust_env is off), a scheme httpx cannot speak, or any
+        # other failure below HTTP: no response came back.
+        (httpx.TransportError, ConnectError),
+        # A body or header that does not decode is a bad response (bodies are read raw
+        # and decoded by BodyReader, so this is rare).
+        (httpx.DecodingError, InvalidResponseError),
+        # Redirects are never followed; mapped as aiohttp's TooManyRedirects is.
+        (httpx.TooManyRedirects, InvalidResponseError),
+        # Any other error of a request, and HTTPStatusError (raise_for_status is never
+        # called): no usable response.
+        (httpx.HTTPError, ConnectError),
+        # The stream was closed under the read (the client closed meanwhile) or misused.
+        (httpx.StreamError, ConnectError),
+        # httpx.URL refused the URL: the request never left (as aiohttp's InvalidURL).
+        (httpx.InvalidURL, ConnectError),
+        # The anyio scope around the whole exchange passed.
+        (TimeoutError, RequestTimeout),
+        # Kept from before the map, as for aiohttp: a bare OSError from the socket layer,
+        # ValueError for a URL or header refused below httpx, UnicodeError for a host name
+        # the IDNA codec cannot encode. None of them is a response.
+        (OSError, ConnectError),
+        (UnicodeError, ConnectError),
+        (ValueError, ConnectError),
+    )
 
 
 class _NoCookies(http.cookiejar.DefaultCookiePolicy):
@@ -44,6 +93,8 @@ class HttpxTransport:
                 "asyncpoll needs httpx under trio: pip install 'asyncpoll[trio]'"
             ) from exc
         self._httpx: Any = httpx
+        self._errors = exception_map()
+        self._caught = caught_by(self._errors)
         self._budget = ReadBudget()
         self._client = httpx.AsyncClient(
             follow_redirects=False,
@@ -56,7 +107,6 @@ class HttpxTransport:
 
     async def handle_request(self, request: Request) -> Response:
         """Send ``request`` and read the whole body (up to ``request.max_response_size``)."""
-        httpx = self._httpx
         error: TransportError
         try:
             # httpx's timeouts restart on every byte: the scope bounds the whole exchange.
@@ -64,10 +114,8 @@ class HttpxTransport:
                 return await self._exchange(request)
         except TransportError:
             raise
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            error = translate(exc, request, timed_out=True)
-        except (httpx.HTTPError, httpx.StreamError, OSError, ValueError, UnicodeError) as exc:
-            error = translate(exc, request, timed_out=False)
+        except self._caught as exc:
+            error = translate(exc, request, self._errors)
         # Raised outside the handler, so that httpx's exception is not its __context__.
         raise error
 
