@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from collections.abc import Iterable, Sequence
 
@@ -10,8 +11,14 @@ __all__ = ["BatchPlanner", "encode_id", "plan_batches", "too_long"]
 _MAX_CACHED_PATHS = 1024
 
 
+# What percent-encoding leaves as it is (RFC 3986 unreserved): most IDs are only this.
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+")
+
+
 def encode_id(param: str, operation_id: str) -> str:
     """The query part ``param=<percent-encoded ID>`` of one validated ID."""
+    if _UNRESERVED.fullmatch(operation_id):  # a tenth of the cost of quote()
+        return f"{param}={operation_id}"
     return f"{param}={urllib.parse.quote(operation_id, safe='')}"
 
 

@@ -70,14 +70,20 @@ def _is_loopback(host: str) -> bool:
 class BatchResult:
     """What one planned batch produced (internal, shared with the Poller).
 
-    ``operations`` in the order received, each ID at most once and only IDs asked for;
-    ``retry_after`` is a ``Retry-After`` hint that came with a 200 (seconds), if any;
-    ``id_errors`` holds IDs the server refused one by one (a 400 for a single-ID request).
+    ``by_id`` maps each ID asked for and answered to its status, in the order received
+    (the first answer wins); ``retry_after`` is a ``Retry-After`` hint that came with a
+    200 (seconds), if any; ``id_errors`` holds IDs the server refused one by one (a 400
+    for a single-ID request).
     """
 
-    operations: Sequence[Status]
+    by_id: Mapping[str, Status]
     retry_after: float | None = None
     id_errors: Mapping[str, APIError] = attrs.field(factory=dict)
+
+    @property
+    def operations(self) -> list[Status]:
+        """The statuses in the order received."""
+        return list(self.by_id.values())
 
 
 class Tally:
@@ -432,7 +438,7 @@ class Session:
                 status=response.status,
                 body=response.body,
             )
-            return BatchResult([], id_errors={ids[0]: error})
+            return BatchResult({}, id_errors={ids[0]: error})
         half = len(ids) // 2
         logger.debug("%s for a batch of %d IDs; retrying as two halves", response.status, len(ids))
         first = await self._query_batch(
@@ -443,7 +449,7 @@ class Session:
         )
         hints = [h for h in (first.retry_after, second.retry_after) if h is not None]
         return BatchResult(
-            [*first.operations, *second.operations],
+            {**first.by_id, **second.by_id},
             retry_after=max(hints) if hints else None,
             id_errors={**first.id_errors, **second.id_errors},
         )
@@ -534,22 +540,20 @@ class Session:
                 "endpoint path may be wrong)"
             ) from cause
         asked = set(ids)
-        seen: set[str] = set()
-        operations: list[Status] = []
+        found: dict[str, Status] = {}
         for operation in decoded:
             operation_id = operation.id
-            if operation_id in seen:
+            if operation_id in found:
                 self._note_once("the server answered an operation ID twice in one body")
                 continue
             if operation_id not in asked:
                 self._note_once("the server answered an operation ID that was not asked for")
                 continue
-            seen.add(operation_id)
-            operations.append(operation)
+            found[operation_id] = operation
             if operation.state is OperationState.UNKNOWN:
                 self._note_unknown_state(operation)
         hint = parse_retry_after(response.headers.get("retry-after"))
-        return BatchResult(operations, retry_after=hint)
+        return BatchResult(found, retry_after=hint)
 
     # -- rate limits and backoff --------------------------------------------------------
 

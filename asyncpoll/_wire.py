@@ -168,7 +168,7 @@ def _structure_operation(entry: Any, _: type) -> AsyncOperation:
 
 # Keys that only the full reading handles (errors and the contract's variants); "result"
 # and "error" too, unless null (the documented shape sends both as null while running).
-_SLOW_KEYS = ("errorMessage", "errors", "progress", "percentage")
+_SLOW_KEYS = frozenset({"errorMessage", "errors", "progress", "percentage"})
 
 
 class Light:
@@ -213,15 +213,18 @@ def _light(entry: Any) -> Light | None:
     state = _STATE_CACHE.get(spelled)
     if state is None:
         return None
+    if not entry.keys().isdisjoint(_SLOW_KEYS):
+        return None
     if entry.get("result") is not None or entry.get("error") is not None:
         return None
-    for key in _SLOW_KEYS:
-        if key in entry:
-            return None
-    percent = entry.get("percentComplete")
-    return Light(
-        operation_id, state, None if percent is None else _structure_percent(percent), entry
-    )
+    given: Any = entry.get("percentComplete")
+    kind = type(given)
+    percent: float | None = None
+    if (kind is float or kind is int) and 0 <= given <= 100:
+        percent = float(given)  # the common case, without the hook's checks
+    elif given is not None:
+        percent = _structure_percent(given)
+    return Light(operation_id, state, percent, entry)
 
 
 def _make_converter() -> cattrs.Converter:

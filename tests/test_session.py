@@ -11,11 +11,14 @@ import logging
 import math
 import socket
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import hypothesis
+import hypothesis.strategies
 import orjson
 import pytest
 
@@ -40,6 +43,7 @@ from asyncpoll import (
     Session,
     SpaceNotFoundError,
 )
+from asyncpoll._batching import encode_id
 from asyncpoll.testing import ScriptedResponse, SimulatedServer, WireVariant
 
 pytestmark = pytest.mark.anyio
@@ -992,3 +996,19 @@ async def test_default_transport_against_the_simulator(
         expected = AiohttpTransport if anyio_backend == "asyncio" else HttpxTransport
         assert type(session._transport) is expected
         assert ids_of(await session.get_operations(ids)) == ids
+
+
+@hypothesis.given(hypothesis.strategies.text(min_size=1))
+def test_an_id_is_encoded_as_quote_would_encode_it(operation_id: str) -> None:
+    # encode_id skips quote() for unreserved IDs; the result must not change.
+    hypothesis.assume(operation_id.isascii() or _encodable(operation_id))
+    expected = f"asyncOperationIds={urllib.parse.quote(operation_id, safe='')}"
+    assert encode_id("asyncOperationIds", operation_id) == expected
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -224,8 +224,14 @@ class Poller:
         Session's errors (authentication, permission, space not found) as they come.
         Bad IDs raise :class:`ValueError` at once.
         """
+        if space_id is None and timeout is None and self._binding is not None:
+            # The common case, checked as _keys would, without its lists.
+            self._binding.check()
+            space = self._session.space_id
+            self._session._planner.check_fit((validate_operation_id(operation_id),), space)
+            return await self._wait_one((space, operation_id))
         [key] = self._keys([operation_id], space_id, timeout)
-        if timeout is None:  # the common case: spare the cancel scope
+        if timeout is None:  # spare the cancel scope
             return await self._wait_one(key)
         with anyio.fail_after(timeout):
             return await self._wait_one(key)
@@ -355,7 +361,7 @@ class Poller:
             entry = entries.get(key)
             if entry is None:
                 part = self._session._planner.encode(key[1])
-                entry = self._schedule.add(key, part, now)
+                entry = self._schedule.add(key, part)
                 fresh = True
             elif subscriber.events and entry.state is not None:
                 if entry.operation is not None:
@@ -363,7 +369,7 @@ class Poller:
                 else:  # seen, but no model kept: show it at the next answer, soon
                     self._schedule.hurry(entry, now)
                     fresh = True
-            entry.subscribers.append(subscriber)
+            entry.join(subscriber)
         if fresh:
             self._fresh += 1
             self._wake()
@@ -373,10 +379,8 @@ class Poller:
         entries = self._schedule.entries
         for key in subscriber.keys:
             entry = entries.get(key)
-            if entry is not None and subscriber in entry.subscribers:
-                entry.subscribers.remove(subscriber)
-                if not entry.subscribers:
-                    self._drop(entry)
+            if entry is not None and entry.leave(subscriber):
+                self._drop(entry)
 
     def _drop(self, entry: Entry) -> None:
         if self._schedule.remove(entry):
@@ -509,7 +513,7 @@ class Poller:
                     space,
                     self._now() - ended.since,
                 )
-            self._on_result(live, result)
+            self._on_result(space, live, result)
 
     async def _query(
         self, space: str, live: list[Entry]
@@ -541,53 +545,62 @@ class Poller:
             entry.flight = None
         return result, error
 
-    def _on_result(self, batch: list[Entry], result: BatchResult) -> None:
+    def _on_result(self, space: str, batch: list[Entry], result: BatchResult) -> None:
         now = self._now()
-        seen = {operation.id: operation for operation in result.operations}
+        seen = result.by_id
+        id_errors = result.id_errors
+        unchanged: list[Entry] = []
+        changed: list[Entry] = []
         for entry in batch:
             if not entry.alive:
                 continue
-            id_error = result.id_errors.get(entry.id)
-            if id_error is not None:
-                self._fail(entry, id_error)
-                continue
-            operation = seen.get(entry.id)
-            if operation is None:
+            if id_errors:
+                id_error = id_errors.get(entry.id)
+                if id_error is not None:
+                    self._fail(entry, id_error)
+                    continue
+            status = seen.get(entry.id)
+            if status is None:
                 if entry.absent_since is None:
                     entry.absent_since = now
                 if now - entry.absent_since >= self.not_found_grace:
                     self._finish(entry, None)
                 else:
-                    self._schedule.reschedule(entry, now, False, result.retry_after)
+                    unchanged.append(entry)
                 continue
             entry.absent_since = None
-            self._observe(entry, operation, now, result.retry_after)
+            outcome = self._observe(entry, status)
+            if outcome is not None:
+                (changed if outcome else unchanged).append(entry)
+        self._schedule.reschedule(space, unchanged, changed, now, result.retry_after)
 
-    def _observe(self, entry: Entry, status: Status, now: float, floor: float | None) -> None:
+    def _observe(self, entry: Entry, status: Status) -> bool | None:
+        """Take one answer for ``entry``: True if it changed, False if not (or if it was
+        stale), ``None`` once it is finished (nothing left to schedule)."""
         state, percent = status.state, status.percent_complete
-        watched = entry.watched
-        if entry.state is not None:
-            if state is entry.state and percent == entry.percent:
-                if entry.operation is not None or not watched:
-                    self._schedule.reschedule(entry, now, False, floor)
-                    return
+        before = entry.state
+        if before is not None:
+            if state is before and percent == entry.percent:
+                if entry.operation is not None or not entry.watchers:
+                    return False
                 # Unchanged, but a watcher that joined has not been shown it yet.
             elif _regressed(entry, state, percent):
                 logger.debug("ignoring a stale answer for operation %r", entry.id)
-                self._schedule.reschedule(entry, now, False, floor)
-                return
-        changed = entry.state is not state or entry.percent != percent
+                return False
+        changed = before is not state or entry.percent != percent
         entry.state, entry.percent = state, percent
         if state.is_terminal:
             self._finish(entry, _model(status))
-            return
-        # A model only for a watcher: a waiting caller sees nothing but the outcome.
-        entry.operation = _model(status) if watched else None
-        if watched:
-            key = (entry.space, entry.id)
-            for subscriber in entry.subscribers:
-                subscriber.deliver(key, entry.operation, False)
-        self._schedule.reschedule(entry, now, changed, floor)
+            return None
+        if not entry.watchers:
+            # A waiting caller sees nothing but the outcome: no model.
+            entry.operation = None
+            return changed
+        operation = entry.operation = _model(status)
+        key = (entry.space, entry.id)
+        for subscriber in entry.subscribers:
+            subscriber.deliver(key, operation, False)
+        return changed
 
     def _on_error(self, space: str, batch: list[Entry], error: AsyncpollError) -> None:
         if is_transient(error):
@@ -620,6 +633,5 @@ class Poller:
         else:
             logger.debug("status query for %d IDs failed again: %s", len(batch), error)
         floor = error.retry_after if isinstance(error, RateLimitedError) else None
-        for entry in batch:
-            if entry.alive:
-                self._schedule.reschedule(entry, now, False, floor)
+        alive = [entry for entry in batch if entry.alive]
+        self._schedule.reschedule(space, alive, [], now, floor)

@@ -48,6 +48,7 @@ class Entry:
         "space",
         "state",
         "subscribers",
+        "watchers",
     )
 
     def __init__(self, space: str, operation_id: str, part: str, interval: float) -> None:
@@ -57,6 +58,9 @@ class Entry:
         self.part = part
         # A list: most IDs have one caller, and a one-item set costs three times the memory.
         self.subscribers: list[Subscriber] = []
+        # How many of them want every change (a ``watch``), not only the end: counted
+        # as they come and go, since every answer asks.
+        self.watchers = 0
         # The last state and progress seen (what "changed" and "stale" compare), and the
         # model of it, built only when a watcher is shown one.
         self.state: OperationState | None = None
@@ -64,15 +68,25 @@ class Entry:
         self.operation: AsyncOperation | None = None
         self.interval = interval
         self.due = 0.0
-        self.seq = 0
+        self.seq = -1  # the heap item (a group) this entry is due in; -1: none yet
         self.alive = True
         self.absent_since: float | None = None
         self.flight: Flight | None = None
 
-    @property
-    def watched(self) -> bool:
-        """True when a subscriber wants every change (a ``watch``), not only the end."""
-        return any(subscriber.events for subscriber in self.subscribers)
+    def join(self, subscriber: Subscriber) -> None:
+        """Add ``subscriber`` to the callers of this entry."""
+        self.subscribers.append(subscriber)
+        if subscriber.events:
+            self.watchers += 1
+
+    def leave(self, subscriber: Subscriber) -> bool:
+        """Remove ``subscriber`` if it is one of the callers; True when none is left."""
+        if subscriber not in self.subscribers:
+            return False
+        self.subscribers.remove(subscriber)
+        if subscriber.events:
+            self.watchers -= 1
+        return not self.subscribers
 
     def leave_flight(self) -> None:
         """Stop waiting for this entry's request; cancel it if nobody else waits."""
@@ -84,35 +98,41 @@ class Entry:
                 flight.scope.cancel()
 
 
-_Item = tuple[float, int, Entry]
+# One heap item is a group of entries due together: the entries of one batch answered
+# together, with the same interval, share one item and one jitter draw, and stay together
+# round after round. An entry is live in the item whose ``seq`` it holds; it leaves an
+# item by being rescheduled (a new item), hurried, or removed.
+_Item = tuple[float, int, list[Entry]]
 
 
-def _live(item: _Item) -> bool:
-    # An entry has one live heap item, the one of its latest schedule; it is popped when
-    # the entry joins a batch, so an entry in flight has none.
-    entry = item[2]
-    return entry.alive and entry.seq == item[1]
+def _members(item: _Item) -> list[Entry]:
+    seq = item[1]
+    return [entry for entry in item[2] if entry.alive and entry.seq == seq]
 
 
 class Schedule:
-    """The entries of every space, one heap of due times per space."""
+    """The entries of every space, one heap of due groups per space."""
 
-    __slots__ = ("_heaps", "_rng", "_seq", "entries", "interval", "space_sizes")
+    __slots__ = ("_heaps", "_new", "_rng", "_seq", "_size", "entries", "interval", "space_sizes")
 
     def __init__(self, interval: PollInterval) -> None:
         self.interval = interval
         self.entries: dict[Key, Entry] = {}
         self.space_sizes: dict[str, int] = {}  # entries per space
         self._heaps: dict[str, list[_Item]] = {}
+        # Entries added since the last round, due at once: one group per space, made
+        # when the round takes them (so 100,000 IDs arriving cost no heap work).
+        self._new: dict[str, list[Entry]] = {}
         self._seq = itertools.count()
         self._rng = random.Random()
+        self._size = 0  # heap items of every space
 
-    def add(self, key: Key, part: str, now: float) -> Entry:
+    def add(self, key: Key, part: str) -> Entry:
         """A new entry for ``key``, due at once."""
         entry = Entry(key[0], key[1], part, self.interval.initial)
         self.entries[key] = entry
         self.space_sizes[key[0]] = self.space_sizes.get(key[0], 0) + 1
-        self._push(entry, now)
+        self._new.setdefault(key[0], []).append(entry)
         return entry
 
     def remove(self, entry: Entry) -> bool:
@@ -134,106 +154,154 @@ class Schedule:
         self.entries.clear()
         self.space_sizes.clear()
         self._heaps.clear()
+        self._new.clear()
+        self._size = 0
 
     @property
     def spaces(self) -> list[str]:
-        return list(self._heaps)
+        return list(self._heaps.keys() | self._new.keys())
 
     @property
     def idle(self) -> bool:
-        """True when no entry is left in any heap."""
-        return all(not heap for heap in self._heaps.values())
+        """True when no entry is left due in any space."""
+        return not self._new and all(not heap for heap in self._heaps.values())
 
-    def _push(self, entry: Entry, due: float) -> None:
-        entry.due = due
-        entry.seq = next(self._seq)
-        heap = self._heaps.setdefault(entry.space, [])
-        heapq.heappush(heap, (due, entry.seq, entry))
-        if len(heap) > 2 * len(self.entries) + 1024:
-            # Dropped entries leave stale items behind; rebuild rather than let them pile up.
-            live = [item for item in heap if _live(item)]
+    def _push(self, space: str, members: list[Entry], due: float) -> None:
+        seq = next(self._seq)
+        for entry in members:
+            entry.due = due
+            entry.seq = seq
+        heap = self._heaps.get(space)
+        if heap is None:
+            heap = self._heaps[space] = []
+        heapq.heappush(heap, (due, seq, members))
+        self._size += 1
+        if self._size > 2 * len(self.entries) + 1024:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the items no entry is live in any more (hurried or removed entries leave
+        theirs behind until they come due)."""
+        self._size = 0
+        for space, heap in list(self._heaps.items()):
+            live = [item for item in heap if _members(item)]
             heapq.heapify(live)
-            self._heaps[entry.space] = live
+            self._heaps[space] = live
+            self._size += len(live)
 
     def hurry(self, entry: Entry, now: float) -> None:
         """Due at once (a watcher joined and must see the operation), unless in flight."""
-        if entry.flight is None and entry.due > now:
-            self._push(entry, now)
+        if entry.flight is None and entry.seq >= 0 and entry.due > now:
+            self._push(entry.space, [entry], now)
 
-    def reschedule(self, entry: Entry, now: float, changed: bool, floor: float | None) -> None:
-        """Due again after its interval: back to ``initial`` if it ``changed``, else
-        grown by the multiplier; never sooner than ``floor`` seconds (Retry-After)."""
+    def reschedule(
+        self,
+        space: str,
+        unchanged: list[Entry],
+        changed: list[Entry],
+        now: float,
+        floor: float | None,
+    ) -> None:
+        """Due again after their interval: back to ``initial`` for the ``changed``, grown
+        by the multiplier for the ``unchanged``; never sooner than ``floor`` seconds
+        (Retry-After). Entries left with the same interval share one group."""
         interval = self.interval
+        groups: dict[float, list[Entry]] = {}
         if changed:
-            entry.interval = interval.initial
-        else:
-            entry.interval = min(interval.maximum, entry.interval * interval.multiplier)
-        spread = 1.0 + self._rng.uniform(-interval.jitter, interval.jitter)
-        delay = entry.interval * spread
-        if floor is not None:
-            delay = max(delay, floor)
-        self._push(entry, now + delay)
+            for entry in changed:
+                entry.interval = interval.initial
+            groups[interval.initial] = changed
+        maximum, multiplier = interval.maximum, interval.multiplier
+        for entry in unchanged:
+            grown = entry.interval * multiplier
+            entry.interval = grown = grown if grown < maximum else maximum
+            members = groups.get(grown)
+            if members is None:
+                groups[grown] = [entry]
+            else:
+                members.append(entry)
+        jitter, uniform = interval.jitter, self._rng.uniform
+        for length, members in groups.items():
+            delay = length * (1.0 + uniform(-jitter, jitter))
+            if floor is not None and delay < floor:
+                delay = floor
+            self._push(space, members, now + delay)
 
     def next_due(self) -> float:
-        """When the soonest entry of any space is due (``inf`` when none is)."""
+        """When the soonest entry of any space is due (``-inf`` for new ones, ``inf``
+        when none is)."""
+        if self._new:
+            return -math.inf
         soonest = math.inf
         for heap in self._heaps.values():
-            while heap and not _live(heap[0]):
+            while heap and not _members(heap[0]):
                 heapq.heappop(heap)
-            if heap:
-                soonest = min(soonest, heap[0][0])
+                self._size -= 1
+            if heap and heap[0][0] < soonest:
+                soonest = heap[0][0]
         return soonest
 
     def take_batches(self, space: str, now: float, size: int, plan: Planner) -> list[list[Entry]]:
         """Pop the due entries of ``space`` and fill their batches with entries due soon."""
+        due = [entry for entry in self._new.pop(space, ()) if entry.alive]
         heap = self._heaps.get(space)
-        if not heap:
-            return []
-        due = _pop_due(heap, now)
+        if heap:
+            self._size -= _pop_due(heap, now, due)
         if not due:
             return []
         room = math.ceil(len(due) / size) * size - len(due)
-        fill, passed = _riders(heap, now, room, 2 * size)
-        chosen = due + fill
+        fill: list[Entry] = []
+        if room and heap:
+            self._size -= _riders(heap, now, room, 2 * size, fill)
+        chosen = due + fill if fill else due
         result: list[list[Entry]] = []
         for start, stop in plan([e.part for e in chosen], space):
             batch = chosen[start:stop]
             if start >= len(due):
                 # Only riders left: they wait for their own turn.
-                passed.extend((e.due, e.seq, e) for e in batch)
+                assert heap is not None
+                for entry in batch:
+                    heapq.heappush(heap, (entry.due, entry.seq, [entry]))
+                    self._size += 1
                 continue
             result.append(batch)
-        for item in passed:
-            heapq.heappush(heap, item)
         return result
 
 
-def _pop_due(heap: list[_Item], now: float) -> list[Entry]:
-    due: list[Entry] = []
+def _pop_due(heap: list[_Item], now: float, due: list[Entry]) -> int:
+    """Move the live entries of every group due by ``now`` into ``due``; the items popped."""
+    popped = 0
     while heap and heap[0][0] <= now:
         item = heapq.heappop(heap)
-        if _live(item):
-            due.append(item[2])
-    return due
+        popped += 1
+        due.extend(_members(item))
+    return popped
 
 
-def _riders(heap: list[_Item], now: float, room: int, scan: int) -> tuple[list[Entry], list[_Item]]:
-    """Entries due soon to fill ``room`` left in the due batches, and the items looked
-    at but not taken (to push back)."""
-    fill: list[Entry] = []
+def _riders(heap: list[_Item], now: float, room: int, scan: int, fill: list[Entry]) -> int:
+    """Add entries due soon to ``fill``, up to the ``room`` left in the due batches;
+    return the net number of items taken off the heap."""
+    taken = 0
     passed: list[_Item] = []
     scanned = 0
     while heap and len(fill) < room and scanned < scan:
         item = heapq.heappop(heap)
-        if not _live(item):
+        taken += 1
+        members = _members(item)
+        if not members:
             continue
-        scanned += 1
-        entry = item[2]
-        # Ride along once a quarter of the entry's interval has passed: at most four
-        # times its own rate, and only in room a request already has. (Half was too
-        # strict: IDs answered at different moments drifted into half-empty requests.)
-        if entry.due - now <= 0.75 * entry.interval:
-            fill.append(entry)
-        else:
+        scanned += len(members)
+        # Ride along once a quarter of the interval has passed: at most four times the
+        # entry's own rate, and only in room a request already has. (Half was too strict:
+        # IDs answered at different moments drifted into half-empty requests.) A group's
+        # entries share their due time and interval.
+        if item[0] - now > 0.75 * members[0].interval:
             passed.append(item)
-    return fill, passed
+            continue
+        space_left = room - len(fill)
+        fill.extend(members[:space_left])
+        if len(members) > space_left:
+            passed.append((item[0], item[1], members[space_left:]))
+    for item in passed:
+        heapq.heappush(heap, item)
+    return taken - len(passed)
