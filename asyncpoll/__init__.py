@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 
+from ._blocking import BlockingPoller
 from ._errors import (
     APIError,
     AsyncpollError,
@@ -47,6 +48,7 @@ __all__ = [
     "AsyncTransport",
     "AsyncpollError",
     "AuthenticationError",
+    "BlockingPoller",
     "ConnectError",
     "Endpoint",
     "HttpxTransport",

@@ -23,6 +23,7 @@ EXPECTED_ASYNCPOLL = [
     "AsyncTransport",
     "AsyncpollError",
     "AuthenticationError",
+    "BlockingPoller",
     "ConnectError",
     "Endpoint",
     "HttpxTransport",
