@@ -154,3 +154,28 @@ def test_observing_bound_counts_the_poll_after_completion() -> None:
     assert run.observing_bound([0.5], 1.0, 100) == 2
     assert run.observing_bound([0.5, 1.5, 2.5], 1.0, 2) == 6
     assert run.observing_bound([], 1.0, 100) == 0
+
+
+def test_repeat_reports_min_and_median_of_each_figure_and_ratio() -> None:
+    spec = importlib.util.spec_from_file_location("benchmarks_repeat", BENCHMARKS / "repeat.py")
+    assert spec is not None
+    assert spec.loader is not None
+    repeat = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(repeat)
+
+    def run(ours: float, anchor: float) -> dict[str, Any]:
+        figures = {"requests": 100, "latency_p99": 1.0, "loop_lag_max": 0.05}
+        return {
+            "n": 10,
+            "bound": 100,
+            "contenders": {
+                "asyncpoll": {**figures, "cpu_per_status_us": ours},
+                "anchor": {**figures, "cpu_per_status_us": anchor},
+            },
+        }
+
+    text = repeat.table(10, [run(30.0, 10.0), run(20.0, 10.0), run(45.0, 15.0)])
+    assert "| asyncpoll | 20.0 / 30.0 | 1.00 / 1.00 | 1000 / 1000 | 50 / 50 | - |" in text
+    assert "| anchor | 10.0 / 10.0 |" in text
+    # Ratios are taken within each run (3.0, 2.0, 3.0), then summarised.
+    assert "wait CPU vs anchor (target <= 1.25 at 10,000): 2.00 / 3.00x" in text
