@@ -11,7 +11,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import attrs
@@ -31,6 +31,7 @@ from ._errors import (
     is_transient,
 )
 from ._models import AsyncOperation, OperationState
+from ._otel import Probe, Telemetry
 from ._retry import MAX_RETRY_AFTER, RetryPolicy, parse_retry_after
 from ._runtime import LoopBinding
 from ._transport import DEFAULT_MAX_RESPONSE_SIZE, AsyncTransport, Request, Response
@@ -45,6 +46,9 @@ from ._validation import (
     validate_space_id,
 )
 from ._wire import Endpoint, Status, decode_operations, decode_statuses, parse_body
+
+if TYPE_CHECKING:
+    from ._otel import Links
 
 __all__ = ["DEFAULT_BASE_URL", "Session", "SessionStatistics", "TokenProvider"]
 
@@ -116,8 +120,11 @@ class Session:
     """An async client of the "Get asynchronous operation status" endpoint.
 
     Use it as ``async with Session(token=...) as session:``; it opens its transport on
-    entry and closes it (and every connection) on exit. It serves the event loop that
-    entered it: used from another one it raises :class:`RuntimeError`.
+    entry and closes it (and every connection) on exit. Where set-up and tear-down run
+    in different tasks (framework start-up and shutdown hooks), use it without
+    ``async with``: it opens on first use, and ``await session.aclose()`` closes it from
+    any task. It serves the event loop that first used it: used from another one it
+    raises :class:`RuntimeError`, as does any call once it is closed.
 
     ``token`` is the bearer token as a string, or a zero-argument async callable that
     returns the current token; a callable is called on first use and once more after a
@@ -181,7 +188,8 @@ class Session:
         self._token_lock: anyio.Lock | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         self._binding: LoopBinding | None = None
-        self._entered = False
+        self._entered = False  # by async with (once only)
+        self._closed = False
         self._logged: set[str] = set()
         self._planner = BatchPlanner(
             self._base,
@@ -192,6 +200,7 @@ class Session:
         )
         self._pauses = 0
         self._tally = Tally()  # every request and retry of this Session
+        self._telemetry = Telemetry(self._base, self._endpoint.path)  # spans and metrics
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -222,11 +231,7 @@ class Session:
         if self._entered:
             raise RuntimeError("a Session can be entered only once")
         self._entered = True
-        self._binding = LoopBinding("Session")
-        self._token_lock = anyio.Lock()
-        self._limiter = anyio.CapacityLimiter(self._max_connections)
-        if self._transport is None:
-            self._transport = _default_transport(max_connections=self._max_connections)
+        self._require_open()
         return self
 
     async def __aexit__(
@@ -238,19 +243,34 @@ class Session:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the transport and its connections (also on cancellation)."""
+        """Close the transport and its connections, from any task of the Session's event
+        loop (also on cancellation). Requests in flight fail; every later call raises
+        :class:`RuntimeError`. Closing twice does nothing."""
+        self._closed = True
         transport, self._transport = self._transport, None
         if transport is not None:
             with anyio.CancelScope(shield=True):
                 await transport.aclose()
 
     def _require_open(self) -> anyio.CapacityLimiter:
-        """The request limiter of an entered Session; RuntimeError outside ``async with``
-        or in another event loop."""
-        if self._limiter is None or self._transport is None or self._binding is None:
-            raise RuntimeError("use the Session as 'async with Session(...) as session:'")
+        """The request limiter, opening the Session on first use; RuntimeError once it is
+        closed, or in another event loop than the one that opened it."""
+        if self._closed:
+            raise RuntimeError("the Session is closed")
+        if self._binding is None:
+            self._binding = LoopBinding("Session")
+            self._token_lock = anyio.Lock()
+            self._limiter = anyio.CapacityLimiter(self._max_connections)
+            if self._transport is None:
+                self._transport = _default_transport(max_connections=self._max_connections)
         self._binding.check()
+        assert self._limiter is not None
         return self._limiter
+
+    @property
+    def is_closed(self) -> bool:
+        """True once :meth:`aclose` has run (or the ``async with`` block has ended)."""
+        return self._closed
 
     @property
     def requests_sent(self) -> int:
@@ -342,11 +362,27 @@ class Session:
         tally: Tally | None = None,
         *,
         light: bool = False,
+        links: Links = (),
     ) -> BatchResult:
         """Send one planned batch (``parts`` are the encoded ``ids``), retrying transient
         failures and splitting it in halves on 400/414. ``previous`` lets the decoder
         reuse unchanged operations; ``tally`` counts this call's requests and retries
-        (the seam the Poller sends its batches through)."""
+        (the seam the Poller sends its batches through). One span (current while it
+        runs) covers the whole call; ``links`` are span contexts of callers to link."""
+        with self._telemetry.query(space_id, len(ids), self.max_batch_size, links) as probe:
+            return await self._attempt_batch(space_id, ids, parts, previous, tally, light, probe)
+
+    async def _attempt_batch(
+        self,
+        space_id: str,
+        ids: Sequence[str],
+        parts: Sequence[str],
+        previous: Mapping[str, AsyncOperation] | None,
+        tally: Tally | None,
+        light: bool,
+        probe: Probe,
+    ) -> BatchResult:
+        """The attempts of :meth:`_query_batch`, each told to ``probe``."""
         limiter = self._require_open()
         tally = tally if tally is not None else self._tally
         url = self._planner.url(space_id, parts)
@@ -363,13 +399,16 @@ class Session:
                 await self._wait_rate_limit(deadline)
                 async with limiter:
                     await self._wait_rate_limit(deadline)
+                    probe.sending()
                     response = await self._send(url, token, tally)
                 if response.status == 200:
                     return self._read(response, url, ids, previous, light)
             except TransportError as exc:
+                probe.failed(exc)
                 await self._backoff(exc, tries, started, None, tally)
                 continue
             status = response.status
+            probe.answered(status)
             if status == 401 and self._provider is not None and not refreshed:
                 refreshed = True
                 tries -= 1
@@ -455,7 +494,9 @@ class Session:
         )
 
     async def _send(self, url: str, token: str, tally: Tally) -> Response:
-        assert self._transport is not None
+        transport = self._transport
+        if transport is None:
+            raise RuntimeError("the Session is closed")
         request = Request(
             "GET",
             url,
@@ -476,7 +517,7 @@ class Session:
         # The whole attempt, whatever the transport does with its own timeouts.
         with anyio.move_on_after(self.timeout):
             try:
-                response = await self._transport.handle_request(request)
+                response = await transport.handle_request(request)
             except TransportError:
                 raise
             except Exception as exc:
@@ -484,9 +525,7 @@ class Session:
                 # may not. Its exception is described, not chained (it may hold headers).
                 failure = redact(f"{type(exc).__name__}: {str(exc)[:200]}", request.headers)
         if failure is not None:
-            raise AsyncpollError(
-                f"the transport {type(self._transport).__name__} failed: {failure}"
-            )
+            raise AsyncpollError(f"the transport {type(transport).__name__} failed: {failure}")
         if response is None:
             raise RequestTimeout(f"no complete response within {self.timeout} s")
         if len(response.body) > self.max_response_size:
@@ -565,6 +604,7 @@ class Session:
             return
         if self._not_before <= now or end - self._not_before >= 1.0:
             self._pauses += 1
+            self._telemetry.paused(seconds)
             until = datetime.fromtimestamp(time.time() + seconds, UTC)
             logger.warning(
                 "rate limited (429): no request of this Session starts for %.1f s, until "
@@ -609,6 +649,7 @@ class Session:
         self._tally.retries += 1
         if tally is not self._tally:
             tally.retries += 1
+        self._telemetry.retried(error, delay)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("retry %d in %.2f s after %s", tries, delay, error)
         await anyio.sleep(delay)

@@ -640,3 +640,18 @@ async def test_wait_takes_operation_id_by_keyword(server: SimulatedServer) -> No
     async with open_poller(server) as poller:
         operation = await poller.wait(operation_id=operation_id, timeout=10)
         assert operation.id == operation_id
+
+
+async def test_many_ids_in_one_call_are_registered_in_slices(server: SimulatedServer) -> None:
+    ids = server.add_operations(12_000, window=0.0)
+    async with open_poller(server) as poller:
+        with anyio.move_on_after(0):  # cancelled at the first turn given back to the loop
+            async with poller.as_completed(ids) as done:
+                async for _ in done:
+                    pass
+        assert_clean(poller)  # a registration cut short leaves nothing behind
+        with anyio.fail_after(30):
+            async with poller.as_completed(ids) as done:
+                seen = [operation.id async for operation in done]
+        assert sorted(seen) == sorted(ids)
+        assert_clean(poller)

@@ -973,19 +973,21 @@ async def test_transport_errors_from_a_custom_transport_are_retried() -> None:
     assert calls == 3
 
 
-async def test_use_without_async_with_is_an_error() -> None:
+async def test_use_without_async_with_opens_on_first_use_and_closing_is_final() -> None:
     transport = MockTransport(ok_handler)
     session = Session(token="t", transport=transport)
-    with pytest.raises(RuntimeError, match="async with"):
-        await session.get_operations(["a"])
+    closed_at_first = session.is_closed
+    await session.get_operations(["a"])  # opens on first use
+    assert not closed_at_first
     async with session:
         pass
-    with pytest.raises(RuntimeError, match="async with"):
+    assert session.is_closed
+    with pytest.raises(RuntimeError, match="closed"):
         await session.get_operations(["a"])
     with pytest.raises(RuntimeError, match="once"):
         async with session:
             pass
-    assert transport.requests == []
+    assert len(transport.requests) == 1
 
 
 async def test_default_transport_against_the_simulator(

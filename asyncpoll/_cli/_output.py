@@ -61,6 +61,11 @@ def record(
 ) -> dict[str, Any]:
     """The JSON record of one operation (``None``: not found).
 
+    Written out, not unstructured by cattrs: this record is the command line's own
+    documented, flat shape (the space, ``not_found``, ``is_terminal``; no ``raw`` and no
+    error details), not the model's, and a field added to :class:`AsyncOperation` must
+    not change what scripts reading ``--json`` see.
+
     ``is_terminal`` defaults to whether the operation has ended; ``watch`` passes the
     event's own flag, which is also true on the last event of an ID not found.
     """

@@ -8,6 +8,7 @@ finished operations go to the :mod:`._memory`, failing spaces to the :mod:`._out
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -19,6 +20,7 @@ from typing import TypeVar
 
 import anyio
 import anyio.lowlevel
+import sniffio
 from anyio.abc import TaskGroup, TaskStatus
 
 from .._errors import (
@@ -48,6 +50,7 @@ logger = logging.getLogger("asyncpoll")
 
 _I = TypeVar("_I", Completed, Events)
 _Batch = tuple[str, list[Entry]]
+_SLICE = 5000  # keys registered per turn of the event loop
 
 
 def _rank(state: OperationState) -> int:
@@ -77,7 +80,11 @@ class Poller:
     """Polls the operations of every caller through one Session, in coalesced batches.
 
     Use it as ``async with Poller(session) as poller:``; its polling loop and every
-    request it sends run in a task group that ends with the block. All IDs of all
+    request it sends run in a task group that ends with the block. Where start-up and
+    shutdown run in different tasks (arq's ``on_startup``/``on_shutdown``, a
+    pytest-asyncio yield fixture), ``await poller.start()`` runs it in a task of its own instead and
+    ``await poller.aclose()`` stops it from any task (asyncio only: under trio, open it
+    with ``async with`` in a nursery's task). All IDs of all
     callers in one space share batched requests; an ID that several callers want is
     polled once; new IDs are folded into one request after ``coalesce_window`` seconds.
     Batches sent with room to spare are filled with IDs due soon.
@@ -142,6 +149,8 @@ class Poller:
         self._idle_workers: list[anyio.Event] = []
         self._task_group: TaskGroup | None = None
         self._closed = False
+        self._runner: asyncio.Task[None] | None = None  # the task start() made
+        self._stop: asyncio.Event | None = None
         self._tally = Tally()  # this Poller's own requests and retries
         self._operations_polled = 0
         self._errors = 0
@@ -172,6 +181,70 @@ class Poller:
             await task_group.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         return self
+
+    async def start(self) -> None:
+        """Start polling in a task of its own (asyncio only), for frameworks whose
+        start-up and shutdown hooks run in different tasks; stop it with :meth:`aclose`.
+
+        Returns once the Poller is open. Raises :class:`RuntimeError` under trio (open
+        the Poller with ``async with`` inside a nursery's task there, where no task may
+        outlive the block that started it) and when the Poller was already started,
+        entered or closed.
+        """
+        if sniffio.current_async_library() != "asyncio":
+            raise RuntimeError(
+                "Poller.start() runs on asyncio only: under trio, use "
+                "'async with Poller(session) as poller:' in a task of a nursery"
+            )
+        if self._runner is not None or self._task_group is not None or self._closed:
+            raise RuntimeError("a Poller can be started or entered only once")
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[None] = loop.create_future()
+        stop = self._stop = asyncio.Event()
+
+        async def run() -> None:
+            try:
+                async with self:
+                    opened.set_result(None)
+                    await stop.wait()
+            except BaseException as exc:
+                if opened.done():
+                    raise
+                opened.set_exception(exc)
+
+        self._runner = loop.create_task(run(), name="asyncpoll.Poller")
+        try:
+            await asyncio.shield(opened)
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Stop a Poller started with :meth:`start`, from any task of its event loop:
+        every caller still waiting gets ``RuntimeError("the Poller was closed")``, and its
+        task, requests and retries end before this returns. Closing twice, or a Poller
+        never opened, does nothing. A Poller entered with ``async with`` closes when its
+        block ends (this raises :class:`RuntimeError` while the block runs). The
+        Session stays open: close it after the Poller.
+        """
+        runner = self._runner
+        if runner is None:
+            if self._task_group is not None and not self._closed:
+                raise RuntimeError(
+                    "this Poller was entered with 'async with': it closes when the block ends"
+                )
+            self._closed = True
+            return
+        if self._binding is not None:
+            self._binding.check()
+        assert self._stop is not None
+        self._stop.set()
+        # Shielded: an aclose cancelled half-way still leaves no task behind.
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait([runner])
+        error = None if runner.cancelled() else runner.exception()
+        if error is not None:
+            raise error
 
     async def __aexit__(
         self,
@@ -333,27 +406,46 @@ class Poller:
     # -- interest -----------------------------------------------------------------------
 
     def _require_open(self) -> None:
-        if self._task_group is None or self._closed:
-            raise RuntimeError("use the Poller as 'async with Poller(session) as poller:'")
+        if self._closed:
+            raise RuntimeError("the Poller was closed")
+        if self._task_group is None:
+            raise RuntimeError(
+                "use the Poller as 'async with Poller(session) as poller:' "
+                "(or 'await poller.start()' on asyncio)"
+            )
 
     @asynccontextmanager
     async def _subscribed(self, keys: list[Key], *, events: bool) -> AsyncIterator[Mailbox]:
         self._require_open()
         mailbox = Mailbox(keys, events=events, signal=self._signal)
-        self._subscribe(mailbox)
         try:
+            self._register(mailbox)
+            for start in range(0, len(keys), _SLICE):
+                if start:
+                    # 100,000 IDs in one call must not stall the event loop.
+                    await anyio.lowlevel.checkpoint()
+                self._join(mailbox, keys[start : start + _SLICE])
             yield mailbox
         finally:
             self._unsubscribe(mailbox)
 
     def _subscribe(self, subscriber: Subscriber) -> None:
-        """Register ``subscriber``; the caller must unsubscribe it."""
+        """Register ``subscriber`` for all its keys; the caller must unsubscribe it."""
+        self._register(subscriber)
+        self._join(subscriber, subscriber.keys)
+
+    def _register(self, subscriber: Subscriber) -> None:
         self._subscriptions.add(subscriber)
+        if self._session._telemetry.tracing:
+            self._session._telemetry.joined(subscriber)
+
+    def _join(self, subscriber: Subscriber, keys: Iterable[Key]) -> None:
+        """Add ``subscriber`` to the entries of ``keys`` (new ones are due at once)."""
         now = self._now()
         self._memory.forget_expired(now)
         entries = self._schedule.entries
         fresh = False
-        for key in subscriber.keys:
+        for key in keys:
             remembered = self._memory.get(key)
             if remembered is not None:
                 subscriber.deliver(key, remembered, True)
@@ -376,6 +468,8 @@ class Poller:
 
     def _unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscriptions.discard(subscriber)
+        if self._session._telemetry.callers:
+            self._session._telemetry.left(subscriber)
         entries = self._schedule.entries
         for key in subscriber.keys:
             entry = entries.get(key)
@@ -520,6 +614,12 @@ class Poller:
     ) -> tuple[BatchResult | None, AsyncpollError | None]:
         """Send one batch through the Session; cancelled once nobody waits for it."""
         previous = {e.id: e.operation for e in live if e.operation is not None}
+        telemetry = self._session._telemetry
+        if telemetry.metering:
+            telemetry.watch(self)
+        # Batches are sent from the workers, in the context the Poller was entered in;
+        # the spans of the callers waiting on a batch are its links.
+        links = telemetry.links(s for e in live for s in e.subscribers) if telemetry.callers else ()
         flight = Flight(len(live))
         for entry in live:
             entry.flight = flight
@@ -534,13 +634,20 @@ class Poller:
                     previous,
                     self._tally,
                     light=True,
+                    links=links,
                 )
             except AsyncpollError as exc:
                 error = exc
             except Exception as exc:
                 # Nothing one batch raises may end the Poller: its callers get it.
-                logger.error("status query failed unexpectedly: %s", type(exc).__name__)  # noqa: TRY400
-                error = AsyncpollError(f"status query failed: {type(exc).__name__}")
+                if self._session.is_closed:
+                    error = AsyncpollError(
+                        "the Session was closed while the Poller used it "
+                        "(close the Poller first, then its Session)"
+                    )
+                else:
+                    logger.error("status query failed unexpectedly: %s", type(exc).__name__)  # noqa: TRY400
+                    error = AsyncpollError(f"status query failed: {type(exc).__name__}")
         for entry in live:
             entry.flight = None
         return result, error
@@ -590,6 +697,8 @@ class Poller:
         changed = before is not state or entry.percent != percent
         entry.state, entry.percent = state, percent
         if state.is_terminal:
+            if before is not None and self._session._telemetry.metering:
+                self._session._telemetry.observed(status.raw)  # seen running, now done
             self._finish(entry, _model(status))
             return None
         if not entry.watchers:
