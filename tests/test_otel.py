@@ -17,10 +17,14 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import anyio
 import attrs
+import httpx
 import pytest
 from opentelemetry import trace
+from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     HistogramDataPoint,
@@ -33,7 +37,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 
 from asyncpoll import (
+    AiohttpTransport,
     AsyncTransport,
+    HttpxTransport,
     PermissionDeniedError,
     Poller,
     PollInterval,
@@ -377,6 +383,189 @@ async def test_the_token_is_in_no_span_or_metric(server: SimulatedServer, otel: 
         assert CANARY not in text
         assert "Bearer" not in text
         assert not [i for i in [*ids, running] if i in text]  # nor the IDs
+
+
+# -- under aiohttp's and httpx's own instrumentation ----------------------------------------
+
+#: The real instrumentation packages, each on the backends it runs on: aiohttp (the
+#: default transport on asyncio) and httpx (``HttpxTransport``, asyncio and trio).
+on_each_instrumented_client = pytest.mark.parametrize(
+    ("anyio_backend", "client"),
+    [
+        pytest.param("asyncio", "aiohttp", id="asyncio-aiohttp"),
+        pytest.param("asyncio", "httpx", id="asyncio-httpx"),
+        pytest.param("trio", "httpx", id="trio-httpx"),
+    ],
+)
+
+# The instrumentations record headers only when these name them: the defaults are kept.
+_HEADER_CAPTURE = (
+    "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST",
+    "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE",
+    "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS",
+)
+
+
+@attrs.define
+class Instrumented:
+    """An HTTP library instrumented with the test's providers."""
+
+    client: str
+    scope: str
+
+    def transport(self) -> AsyncTransport | None:
+        """The Session's transport: aiohttp's is the default one (None), made by the
+        Session on first use, after instrumenting, as ClientSession.__init__ is patched."""
+        return HttpxTransport(max_connections=4) if self.client == "httpx" else None
+
+    def check(self, session: Session) -> None:
+        """The Session sent through the library instrumented."""
+        expected = HttpxTransport if self.client == "httpx" else AiohttpTransport
+        assert type(session._transport) is expected
+
+
+@pytest.fixture
+def instrumented(
+    client: str, otel: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Instrumented]:
+    for name in _HEADER_CAPTURE:
+        monkeypatch.delenv(name, raising=False)
+    instrumentor: AioHttpClientInstrumentor | HTTPXClientInstrumentor
+    if client == "aiohttp":
+        instrumentor = AioHttpClientInstrumentor()
+        scope = "opentelemetry.instrumentation.aiohttp_client"
+    else:
+        instrumentor = HTTPXClientInstrumentor()
+        scope = "opentelemetry.instrumentation.httpx"
+    instrumentor.instrument(
+        tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider
+    )
+    assert instrumentor.is_instrumented_by_opentelemetry  # not left on by another test
+    try:
+        yield Instrumented(client, scope)
+    finally:
+        instrumentor.uninstrument()
+        # Unpatched: later tests get the plain libraries.
+        assert not hasattr(aiohttp.ClientSession.__init__, "__wrapped__")
+        assert not hasattr(httpx.AsyncHTTPTransport.handle_async_request, "__wrapped__")
+
+
+def http_spans(otel: Recorder, instrumented: Instrumented) -> list[ReadableSpan]:
+    return [
+        span
+        for span in otel.spans.get_finished_spans()
+        if span.instrumentation_scope is not None
+        and span.instrumentation_scope.name == instrumented.scope
+    ]
+
+
+def assert_nested(otel: Recorder, instrumented: Instrumented, caller: ReadableSpan) -> None:
+    """caller > asyncpoll.status_query > the library's span, one per attempt."""
+    queries = otel.queries()
+    http = http_spans(otel, instrumented)
+    assert queries
+    assert http
+    by_id = {query.context.span_id: query for query in queries}
+    for query in queries:
+        assert query.parent is not None
+        assert query.parent.span_id == caller.context.span_id
+        assert query.context.trace_id == caller.context.trace_id
+        assert query.attributes is not None
+        attempts = [h for h in http if h.parent and h.parent.span_id == query.context.span_id]
+        assert len(attempts) == query.attributes["asyncpoll.attempts"]
+    for span in http:
+        assert span.kind is SpanKind.CLIENT
+        assert span.parent is not None
+        assert not span.parent.is_remote
+        assert span.context.trace_id == caller.context.trace_id
+        query = by_id[span.parent.span_id]  # under one of our queries, none other
+        assert query.start_time is not None
+        assert query.end_time is not None
+        assert span.start_time is not None
+        assert span.end_time is not None
+        assert query.start_time <= span.start_time <= span.end_time <= query.end_time
+
+
+@on_each_instrumented_client
+async def test_get_operations_nests_the_instrumented_clients_span(
+    server: SimulatedServer, otel: Recorder, instrumented: Instrumented
+) -> None:
+    ids = server.add_operations(3, window=0.0)
+    server.script(ScriptedResponse(503))  # one query of two attempts
+    tracer = otel.tracer_provider.get_tracer("app")
+    async with open_session(
+        server, otel, max_batch_size=2, transport=instrumented.transport()
+    ) as session:
+        with tracer.start_as_current_span("caller"):
+            assert len(await session.get_operations(ids)) == 3
+        instrumented.check(session)
+    assert_nested(otel, instrumented, otel.span("caller"))
+    attempts = [dict(q.attributes or {})["asyncpoll.attempts"] for q in otel.queries()]
+    assert sorted(attempts) == [1, 2]  # type: ignore[type-var]
+    assert len(http_spans(otel, instrumented)) == 3
+
+
+@on_each_instrumented_client
+async def test_poller_batches_nest_the_instrumented_clients_span(
+    server: SimulatedServer, otel: Recorder, instrumented: Instrumented
+) -> None:
+    op_id = server.add_operation(duration=0.3)
+    tracer = otel.tracer_provider.get_tracer("app")
+    interval = PollInterval(initial=0.05, maximum=0.05)
+    async with open_session(server, otel, transport=instrumented.transport()) as session:
+        with tracer.start_as_current_span("caller"):
+            async with Poller(session, interval=interval) as poller:
+                operation = await poller.wait(op_id, timeout=10)
+        instrumented.check(session)
+    assert operation.id == op_id
+    caller = otel.span("caller")
+    assert len(otel.queries()) >= 2  # seen running, then finished
+    assert_nested(otel, instrumented, caller)
+    for query in otel.queries():
+        assert [link.context for link in query.links] == [caller.context]
+
+
+@on_each_instrumented_client
+async def test_the_token_is_in_no_span_of_the_instrumented_client(
+    server: SimulatedServer, otel: Recorder, instrumented: Instrumented
+) -> None:
+    # The instrumentations record the URL (whose query holds the IDs: theirs to filter,
+    # not asserted here) and, by default, no header: the token must not show anywhere.
+    server.add_token(CANARY)
+    ids = server.add_operations(3, window=0.0)
+    running = server.add_operation(duration=0.2)
+    server.script(
+        # Twice: aiohttp resends a GET once by itself when the connection drops (in one
+        # span), and raises, recording the exception, only the second time.
+        ScriptedResponse(disconnect=True),
+        ScriptedResponse(disconnect=True),
+        ScriptedResponse(503),
+        ScriptedResponse(429, headers={"Retry-After": "0"}),
+    )
+    tracer = otel.tracer_provider.get_tracer("app")
+    retry = RetryPolicy(attempts=8, initial=0.001, maximum=0.01, timeout=5.0)
+    async with open_session(
+        server, otel, token=CANARY, retry=retry, transport=instrumented.transport()
+    ) as session:
+        with tracer.start_as_current_span("caller"):
+            await session.get_operations(ids)
+            server.script(ScriptedResponse(403))
+            with pytest.raises(PermissionDeniedError):
+                await session.get_operations(ids)
+            async with Poller(session, interval=PollInterval(initial=0.05)) as poller:
+                await poller.wait(running, timeout=10)
+        instrumented.check(session)
+    http = http_spans(otel, instrumented)
+    assert len(http) >= 6  # disconnects, 503, 429, 200, 403, and the Poller's
+    # The disconnects, recorded as exceptions (message and stack trace).
+    assert "exception" in [event.name for span in http for event in span.events]
+    exported = [span.to_json() for span in otel.spans.get_finished_spans()]
+    data = otel.reader.get_metrics_data()
+    assert data is not None
+    exported.append(data.to_json())
+    for text in exported:
+        assert CANARY not in text
+        assert "Bearer" not in text
 
 
 # -- without an SDK, without the API --------------------------------------------------------
