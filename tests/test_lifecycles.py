@@ -82,9 +82,9 @@ async def test_start_under_trio_says_to_use_async_with(
     await session.aclose()
 
 
-def asyncio_only(anyio_backend: str) -> None:
+def asyncio_only(anyio_backend: str, why: str = "Poller.start() is asyncio's") -> None:
     if anyio_backend != "asyncio":
-        pytest.skip("Poller.start() is asyncio's")
+        pytest.skip(why)
 
 
 def poller_tasks() -> list[asyncio.Task[object]]:
@@ -177,4 +177,27 @@ async def test_a_start_cancelled_half_way_leaves_no_task(
     assert poller_tasks() == []
     with pytest.raises(RuntimeError):
         await poller.wait("anything")
+    await session.aclose()
+
+
+async def test_an_async_with_left_in_another_task_says_what_to_use(
+    anyio_backend: str, server: SimulatedServer
+) -> None:
+    asyncio_only(anyio_backend, "trio refuses a task that ends with a nursery open")
+    [operation_id] = server.add_operations(1, window=600.0)
+    session = session_for(server)
+    poller = Poller(session, interval=FAST)
+    before = set(asyncio.all_tasks())
+    await asyncio.create_task(poller.__aenter__())  # a fixture's set-up, in its own task
+    waiting = asyncio.create_task(poller.wait(operation_id))
+    await asyncio.sleep(0.05)
+    with pytest.raises(RuntimeError, match=r"poller\.start\(\)"):
+        await asyncio.create_task(poller.__aexit__(None, None, None))  # its teardown
+    with pytest.raises(RuntimeError, match=CLOSED):
+        await waiting
+    for _ in range(100):  # the Poller's tasks end once their cancellation is delivered
+        if set(asyncio.all_tasks()) <= before | {asyncio.current_task()}:
+            break
+        await asyncio.sleep(0.01)
+    assert set(asyncio.all_tasks()) <= before | {asyncio.current_task()}
     await session.aclose()

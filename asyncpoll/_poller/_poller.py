@@ -148,6 +148,7 @@ class Poller:
         self._queue: deque[_Batch] = deque()  # batches due, for the workers
         self._idle_workers: list[anyio.Event] = []
         self._task_group: TaskGroup | None = None
+        self._host: int | None = None  # the task that entered the task group
         self._closed = False
         self._runner: asyncio.Task[None] | None = None  # the task start() made
         self._stop: asyncio.Event | None = None
@@ -171,6 +172,7 @@ class Poller:
         self._signal = signal_factory()
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
+        self._host = anyio.get_current_task().id
         self._task_group = task_group
         try:
             for _ in range(self.max_concurrent_requests):
@@ -256,6 +258,14 @@ class Poller:
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
         try:
+            if anyio.get_current_task().id != self._host:
+                # anyio would only say "Attempted to exit cancel scope in a different
+                # task"; the scope is cancelled above, so the Poller's tasks still end.
+                raise RuntimeError(
+                    "a Poller entered with 'async with' was left in another task (a "
+                    "framework's start-up and shutdown hooks, a pytest-asyncio fixture): "
+                    "use 'await poller.start()' and 'await poller.aclose()' there"
+                )
             return await self._task_group.__aexit__(exc_type, exc, tb)
         except BaseExceptionGroup as group:
             # The block's own exception comes out as itself, not wrapped in a group (trio
