@@ -92,13 +92,27 @@ class BatchResult:
 
 class Tally:
     """Requests sent and retries made by some calls: a Session's own, or those a Poller
-    made through it (so two Pollers on one Session each count their own)."""
+    made through it (so two Pollers on one Session each count their own). What a tally
+    counts, its ``parent`` (the Session's) counts too."""
 
-    __slots__ = ("requests", "retries")
+    __slots__ = ("parent", "requests", "retries")
 
-    def __init__(self) -> None:
+    def __init__(self, parent: Tally | None = None) -> None:
+        self.parent = parent
         self.requests = 0
         self.retries = 0
+
+    def request(self) -> None:
+        """Count one request sent."""
+        self.requests += 1
+        if self.parent is not None:
+            self.parent.request()
+
+    def retry(self) -> None:
+        """Count one retry made."""
+        self.retries += 1
+        if self.parent is not None:
+            self.parent.retry()
 
 
 @attrs.frozen
@@ -508,9 +522,7 @@ class Session:
             timeout=self.timeout,
             max_response_size=self.max_response_size,
         )
-        self._tally.requests += 1
-        if tally is not self._tally:
-            tally.requests += 1
+        tally.request()
         started = anyio.current_time()
         response: Response | None = None
         failure: str | None = None
@@ -646,9 +658,7 @@ class Session:
         elapsed = anyio.current_time() - started
         if tries >= self.retry.attempts or elapsed + delay > self.retry.timeout:
             raise error
-        self._tally.retries += 1
-        if tally is not self._tally:
-            tally.retries += 1
+        tally.retry()
         self._telemetry.retried(error, delay)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("retry %d in %.2f s after %s", tries, delay, error)

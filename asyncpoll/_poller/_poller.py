@@ -152,7 +152,7 @@ class Poller:
         self._closed = False
         self._runner: asyncio.Task[None] | None = None  # the task start() made
         self._stop: asyncio.Event | None = None
-        self._tally = Tally()  # this Poller's own requests and retries
+        self._tally = Tally(session._tally)  # this Poller's own requests and retries
         self._operations_polled = 0
         self._errors = 0
         self._in_flight = 0
@@ -284,17 +284,28 @@ class Poller:
 
     def _keys(self, ids: Iterable[str], space_id: str | None, timeout: float | None) -> list[Key]:
         """The caller's keys, every argument checked here, before any request."""
-        if timeout is not None:
-            check_seconds("timeout", timeout)
-        if self._binding is not None:
-            self._binding.check()
-        space = self._session.space_id if space_id is None else validate_space_id(space_id)
+        space = self._space_of(space_id, timeout)
         if isinstance(ids, str | bytes):
             raise TypeError("pass a list of operation IDs, not a single string")
         keys = [(space, validate_operation_id(i)) for i in ids]
         # Refused here, at the caller: met later, in the polling loop, it would end the loop.
         self._session._planner.check_fit([key[1] for key in keys], space)
         return keys
+
+    def _key(self, operation_id: str, space_id: str | None, timeout: float | None) -> Key:
+        """One caller's key, checked as :meth:`_keys` checks many (without its lists:
+        ``wait`` is the call a service makes a hundred thousand times)."""
+        space = self._space_of(space_id, timeout)
+        self._session._planner.check_fit((validate_operation_id(operation_id),), space)
+        return (space, operation_id)
+
+    def _space_of(self, space_id: str | None, timeout: float | None) -> str:
+        """The space a call is for, after the checks every call makes."""
+        if timeout is not None:
+            check_seconds("timeout", timeout)
+        if self._binding is not None:
+            self._binding.check()
+        return self._session.space_id if space_id is None else validate_space_id(space_id)
 
     async def wait(
         self, operation_id: str, *, space_id: str | None = None, timeout: float | None = None
@@ -307,14 +318,8 @@ class Poller:
         Session's errors (authentication, permission, space not found) as they come.
         Bad IDs raise :class:`ValueError` at once.
         """
-        if space_id is None and timeout is None and self._binding is not None:
-            # The common case, checked as _keys would, without its lists.
-            self._binding.check()
-            space = self._session.space_id
-            self._session._planner.check_fit((validate_operation_id(operation_id),), space)
-            return await self._wait_one((space, operation_id))
-        [key] = self._keys([operation_id], space_id, timeout)
-        if timeout is None:  # spare the cancel scope
+        key = self._key(operation_id, space_id, timeout)
+        if timeout is None:  # the common case: spare the cancel scope
             return await self._wait_one(key)
         with anyio.fail_after(timeout):
             return await self._wait_one(key)
