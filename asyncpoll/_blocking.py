@@ -10,11 +10,15 @@ carries calls into the loop and their outcomes (or errors) back out.
 from __future__ import annotations
 
 import concurrent.futures
-import enum
 import inspect
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+)
 from functools import partial
 from types import TracebackType
 from typing import Any, Generic, NoReturn, TypeVar
@@ -25,6 +29,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._models import AsyncOperation
 from ._poller import Poller, PollerStatistics, ProgressEvent
+from ._poller._poller import closed_error
 from ._session import DEFAULT_BASE_URL, Session, TokenProvider
 
 __all__ = ["BlockingPoller"]
@@ -68,13 +73,6 @@ def _token_provider(token: str | Callable[[], str]) -> str | TokenProvider:
     return provider
 
 
-def _closed_error() -> RuntimeError:
-    """The error of a call on a closed Poller, the one :class:`Poller` raises, made anew
-    for each thread (an exception raised in several threads at once would share one
-    traceback)."""
-    return RuntimeError("the Poller was closed")
-
-
 @asynccontextmanager
 async def _serving(session: Session, poller: Poller) -> AsyncIterator[None]:
     """The Session and the Poller, open for the life of the loop thread."""
@@ -83,16 +81,9 @@ async def _serving(session: Session, poller: Poller) -> AsyncIterator[None]:
         yield
 
 
-class _End(enum.Enum):
-    END = enum.auto()
-
-
-async def _next_or_end(iterator: AsyncIterator[_T]) -> _T | _End:
-    # StopAsyncIteration is returned as a marker, not raised through the portal.
-    try:
-        return await iterator.__anext__()
-    except StopAsyncIteration:
-        return _End.END
+async def _next_or_none(iterator: AsyncIterator[_T]) -> _T | None:
+    # The end is returned as None (no item is None), not raised through the portal.
+    return await anext(iterator, None)
 
 
 class BlockingPoller:
@@ -192,7 +183,7 @@ class BlockingPoller:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise _closed_error()
+            raise closed_error()
 
     # -- calls into the loop ------------------------------------------------------------
 
@@ -216,8 +207,17 @@ class BlockingPoller:
                 future.cancel()
                 raise
 
-    def _closing_errors(self) -> AbstractContextManager[None]:
-        return _ClosingErrors(self)
+    @contextmanager
+    def _closing_errors(self) -> Iterator[None]:
+        """Turns what a call meets while this BlockingPoller closes (a portal no longer
+        running, a task cancelled by the loop's end, the Poller's own closed error) into
+        a fresh closed error for this thread."""
+        try:
+            yield
+        except (RuntimeError, concurrent.futures.CancelledError):
+            if self._closed:
+                raise closed_error() from None
+            raise
 
     # -- public API ---------------------------------------------------------------------
 
@@ -313,30 +313,6 @@ class BlockingPoller:
         return self._poller.statistics()  # the loop is gone: nothing changes it now
 
 
-class _ClosingErrors:
-    """Turns what a call meets while its BlockingPoller closes (a portal no longer
-    running, a task cancelled by the loop's end, the Poller's own closed error) into a
-    fresh closed error for this thread."""
-
-    __slots__ = ("_owner",)
-
-    def __init__(self, owner: BlockingPoller) -> None:
-        self._owner = owner
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        closing = isinstance(exc, RuntimeError | concurrent.futures.CancelledError)
-        if closing and self._owner._closed:
-            raise _closed_error() from None
-
-
 class _Stream(AbstractContextManager[Iterator[_T]], Generic[_T]):
     """What :meth:`BlockingPoller.watch` and :meth:`BlockingPoller.as_completed` return:
     entering subscribes (in the loop), leaving unsubscribes; iterating it directly is a
@@ -405,7 +381,7 @@ class _Iterator(Iterator[_T]):
     def __next__(self) -> _T:
         if not self._stream.open:
             raise RuntimeError("iterate inside the 'with' block that gave this iterator")
-        item = self._stream._owner._call(partial(_next_or_end, self._iterator))
-        if item is _End.END:
+        item = self._stream._owner._call(partial(_next_or_none, self._iterator))
+        if item is None:
             raise StopIteration
         return item

@@ -212,6 +212,9 @@ class Probe:
     def answered(self, status: int) -> None:
         """The request was answered with ``status`` (not 200)."""
 
+    def split(self) -> None:
+        """The batch was refused as too large (400/414) and is sent as two halves."""
+
     def failed(self, error: BaseException) -> None:
         """The request failed without a usable answer (a transport error)."""
 
@@ -309,10 +312,10 @@ class _LiveProbe(Probe):
         self._pending = True
 
     def answered(self, status: int) -> None:
-        self._status = status
-        if status == 400 or status == 414:
-            self._split = True
         self._request("error", str(status), status)
+
+    def split(self) -> None:
+        self._split = True
 
     def failed(self, error: BaseException) -> None:
         self._status = None

@@ -429,6 +429,7 @@ class Session:
                 await self._refresh(generation)
                 continue
             if status in (400, 414):
+                probe.split()
                 return await self._split(space_id, ids, parts, previous, response, tally, light)
             error = self._status_error(response, space_id, url, refreshed)
             if not is_transient(error):

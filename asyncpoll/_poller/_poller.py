@@ -53,6 +53,12 @@ _Batch = tuple[str, list[Entry]]
 _SLICE = 5000  # keys registered per turn of the event loop
 
 
+def closed_error() -> RuntimeError:
+    """The error of a caller of a closed Poller, made anew for each caller: one
+    exception raised in many tasks or threads at once would share one traceback."""
+    return RuntimeError("the Poller was closed")
+
+
 def _rank(state: OperationState) -> int:
     # Identity tests: hashing an Enum member runs Python code, and this runs per status.
     if state is OperationState.NOT_STARTED:
@@ -274,9 +280,8 @@ class Poller:
                 raise exc from exc.__cause__
             raise
         finally:
-            closed = RuntimeError("the Poller was closed")
             for subscription in list(self._subscriptions):
-                subscription.fail(closed)
+                subscription.fail(closed_error())
             self._schedule.clear()
             self._queue.clear()
 
@@ -422,7 +427,7 @@ class Poller:
 
     def _require_open(self) -> None:
         if self._closed:
-            raise RuntimeError("the Poller was closed")
+            raise closed_error()
         if self._task_group is None:
             raise RuntimeError(
                 "use the Poller as 'async with Poller(session) as poller:' "
