@@ -25,6 +25,7 @@ from ._errors import (
     SpaceNotFoundError,
     TransportError,
 )
+from ._fleet import RedisFleet
 from ._models import AsyncOperation, OperationError, OperationState
 from ._poller import Poller, PollerStatistics, PollInterval, ProgressEvent
 from ._retry import RetryPolicy, parse_retry_after
@@ -64,6 +65,7 @@ __all__ = [
     "PollerStatistics",
     "ProgressEvent",
     "RateLimitedError",
+    "RedisFleet",
     "Request",
     "RequestTimeout",
     "Response",

@@ -39,6 +39,7 @@ EXPECTED_ASYNCPOLL = [
     "PollerStatistics",
     "ProgressEvent",
     "RateLimitedError",
+    "RedisFleet",
     "Request",
     "RequestTimeout",
     "Response",

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import TypeVar
@@ -32,6 +32,7 @@ from .._errors import (
     SpaceNotFoundError,
     is_transient,
 )
+from .._fleet import Member, RedisFleet, failure_kind
 from .._models import AsyncOperation, OperationState
 from .._runtime import LoopBinding
 from .._session import BatchResult, Session, Tally
@@ -42,6 +43,7 @@ from ._delivery import Block, Completed, Events, Mailbox, Waiter
 from ._memory import Memory
 from ._outage import Outages
 from ._records import PollerStatistics, PollInterval, ProgressEvent
+from ._remote import Remote
 from ._schedule import Entry, Flight, Schedule
 
 __all__ = ["Poller"]
@@ -107,6 +109,10 @@ class Poller:
     the last error (an :class:`AsyncpollError`, usually :class:`ConnectError`; a
     :class:`RequestTimeout` if no request has even failed yet); ``None`` waits for the
     server forever. Bad arguments raise :class:`ValueError`.
+
+    ``fleet`` (a :class:`RedisFleet`) makes this Poller a member of a fleet: the Pollers
+    of many processes share one schedule through Redis, each space polled by one member
+    for all, with the same API and guarantees (see :class:`RedisFleet`).
     """
 
     def __init__(
@@ -119,11 +125,14 @@ class Poller:
         coalesce_window: float = 0.005,
         terminal_memory: float = 30.0,
         outage_timeout: float | None = 300.0,
+        fleet: RedisFleet | None = None,
     ) -> None:
         if not isinstance(session, Session):
             raise TypeError(f"Poller needs a Session, got {type(session).__name__}")
         if interval is not None and not isinstance(interval, PollInterval):
             raise TypeError("interval must be a PollInterval")
+        if fleet is not None and not isinstance(fleet, RedisFleet):
+            raise TypeError(f"fleet must be a RedisFleet, got {type(fleet).__name__}")
         self._session = session
         self.interval = interval if interval is not None else PollInterval()
         self.max_concurrent_requests = check_count(
@@ -162,6 +171,9 @@ class Poller:
         self._operations_polled = 0
         self._errors = 0
         self._in_flight = 0
+        self._fleet = fleet
+        self._member: Member | None = None  # this Poller's membership, while open
+        self._remotes: dict[str, Remote] = {}  # the fleet's interest, per space led
 
     def __repr__(self) -> str:
         watched = len(self._schedule.entries)
@@ -183,12 +195,21 @@ class Poller:
         try:
             for _ in range(self.max_concurrent_requests):
                 task_group.start_soon(self._worker)
+            if self._fleet is not None:
+                # Returns after the first heartbeat: the member knows whether it leads.
+                self._member = Member(self._fleet, self, self.terminal_memory)
+                await task_group.start(self._member.run)
             await task_group.start(self._run)
         except BaseException as exc:
+            self._stop_member()
             task_group.cancel_scope.cancel()
             await task_group.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         return self
+
+    def _stop_member(self) -> None:
+        if self._member is not None:
+            self._member.stop()
 
     async def start(self) -> None:
         """Start polling in a task of its own (asyncio only), for frameworks whose
@@ -262,6 +283,7 @@ class Poller:
     ) -> bool | None:
         self._closed = True
         assert self._task_group is not None
+        self._stop_member()
         self._task_group.cancel_scope.cancel()
         try:
             if anyio.get_current_task().id != self._host:
@@ -284,6 +306,7 @@ class Poller:
                 subscription.fail(closed_error())
             self._schedule.clear()
             self._queue.clear()
+            self._remotes.clear()
 
     # -- public API ---------------------------------------------------------------------
 
@@ -411,6 +434,7 @@ class Poller:
 
     def statistics(self) -> PollerStatistics:
         """A snapshot of what this Poller tracks and has sent."""
+        member = self._member
         return PollerStatistics(
             watched=len(self._schedule.entries),
             requests=self._tally.requests,
@@ -421,6 +445,9 @@ class Poller:
             remembered=len(self._memory),
             last_error=self._last_error,
             last_success=self._last_success,
+            leading=() if member is None or not member.connected else tuple(sorted(member.leading)),
+            fleet_members=None if self._fleet is None else (member.members if member else 1),
+            fleet_connected=None if self._fleet is None else bool(member and member.connected),
         )
 
     # -- interest -----------------------------------------------------------------------
@@ -456,6 +483,8 @@ class Poller:
 
     def _register(self, subscriber: Subscriber) -> None:
         self._subscriptions.add(subscriber)
+        if self._member is not None:
+            self._member.want(subscriber.keys)
         if self._session._telemetry.tracing:
             self._session._telemetry.joined(subscriber)
 
@@ -488,6 +517,8 @@ class Poller:
 
     def _unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscriptions.discard(subscriber)
+        if self._member is not None and not isinstance(subscriber, Remote):
+            self._member.unwant(subscriber.keys)
         if self._session._telemetry.callers:
             self._session._telemetry.left(subscriber)
         entries = self._schedule.entries
@@ -499,6 +530,8 @@ class Poller:
     def _drop(self, entry: Entry) -> None:
         if self._schedule.remove(entry):
             self._outages.forget(entry.space)
+        if self._member is not None:
+            self._member.forget(entry.space, entry.id)
 
     def _finish(self, entry: Entry, operation: AsyncOperation | None) -> None:
         """Deliver the one terminal outcome of ``entry`` and stop polling it."""
@@ -545,10 +578,16 @@ class Poller:
     def _send_due(self, now: float) -> None:
         """Hand every batch due now to the workers."""
         planner = self._session._planner
+        member = self._member
         for space in self._schedule.spaces:
-            for batch in self._schedule.take_batches(
-                space, now, planner.max_batch_size, planner.plan
-            ):
+            batches = self._schedule.take_batches(space, now, planner.max_batch_size, planner.plan)
+            if member is not None and not member.leads(space):
+                # Another member polls this space: its answers come through Redis.
+                for batch in batches:
+                    alive = [entry for entry in batch if entry.alive]
+                    self._schedule.reschedule(space, alive, [], now, None)
+                continue
+            for batch in batches:
                 self._in_flight += 1
                 self._queue.append((space, batch))
                 if self._idle_workers:
@@ -574,6 +613,8 @@ class Poller:
         the time the next outage reaches it."""
         ended, soonest = self._outages.expired(now)
         for space, seconds, error in ended:
+            if self._member is not None and self._member.shares(space):
+                self._member.share_failure(space, "outage", error)
             victims = [e for e in self._schedule.entries.values() if e.space == space]
             # INFO: each caller gets the error itself; the outage's start was the WARNING.
             logger.info(
@@ -678,6 +719,15 @@ class Poller:
         id_errors = result.id_errors
         unchanged: list[Entry] = []
         changed: list[Entry] = []
+        member = self._member
+        # What this member shares with its fleet, when it polls the space for it.
+        shared: list[AsyncOperation] | None = None
+        gone: list[str] = []
+        fresh: set[str] = set()
+        if member is not None and member.shares(space):
+            shared = []
+            remote = self._remotes.get(space)
+            fresh = remote.fresh if remote is not None else fresh
         for entry in batch:
             if not entry.alive:
                 continue
@@ -685,6 +735,8 @@ class Poller:
                 id_error = id_errors.get(entry.id)
                 if id_error is not None:
                     self._fail(entry, id_error)
+                    if member is not None and shared is not None:
+                        member.share_failure(space, "id", id_error, (entry.id,))
                     continue
             status = seen.get(entry.id)
             if status is None:
@@ -692,14 +744,20 @@ class Poller:
                     entry.absent_since = now
                 if now - entry.absent_since >= self.not_found_grace:
                     self._finish(entry, None)
+                    gone.append(entry.id)
                 else:
                     unchanged.append(entry)
                 continue
             entry.absent_since = None
             outcome = self._observe(entry, status)
+            if shared is not None and (outcome is not False or entry.id in fresh):
+                fresh.discard(entry.id)
+                shared.append(_model(status))
             if outcome is not None:
                 (changed if outcome else unchanged).append(entry)
         self._schedule.reschedule(space, unchanged, changed, now, result.retry_after)
+        if member is not None and shared is not None and (shared or gone):
+            member.publish(space, shared, gone)
 
     def _observe(self, entry: Entry, status: Status) -> bool | None:
         """Take one answer for ``entry``: True if it changed, False if not (or if it was
@@ -735,6 +793,14 @@ class Poller:
         if is_transient(error):
             self._retry_later(space, batch, error)
             return
+        member = self._member
+        if member is not None:
+            kind = failure_kind(error)
+            if kind is not None and member.shares(space):
+                member.share_failure(space, kind, error)
+            if isinstance(error, AuthenticationError) and self._fleet is not None:
+                # This member's token was refused; another member's may still be good.
+                member.resign(2 * self._fleet.lease)
         entries = self._schedule.entries.values()
         if isinstance(error, AuthenticationError):
             victims = list(entries)
@@ -764,3 +830,88 @@ class Poller:
         floor = error.retry_after if isinstance(error, RateLimitedError) else None
         alive = [entry for entry in batch if entry.alive]
         self._schedule.reschedule(space, alive, [], now, floor)
+
+    # -- the fleet (called by this Poller's fleet member) -------------------------------
+
+    def fleet_apply(
+        self, space: str, operations: Sequence[AsyncOperation], gone: Sequence[str]
+    ) -> None:
+        """Take observations shared by the member that polls ``space`` (or read from the
+        snapshot): as answers of a poll, stale ones ignored, terminal ones delivered."""
+        entries = self._schedule.entries
+        for operation in operations:
+            entry = entries.get((space, operation.id))
+            if entry is not None and entry.alive:
+                self._observe(entry, operation)
+        if gone and self._member is not None and not self._member.leads(space):
+            for operation_id in gone:
+                entry = entries.get((space, operation_id))
+                if entry is not None and entry.alive:
+                    self._finish(entry, None)
+
+    def fleet_fail(self, space: str, ids: Sequence[str], error: AsyncpollError) -> None:
+        """Fail the callers of ``ids`` in ``space`` (every one of the space if empty)
+        with an error the member polling it got, which this member would get too."""
+        entries = self._schedule.entries
+        if ids:
+            victims = [entries.get((space, operation_id)) for operation_id in ids]
+        else:
+            victims = [entry for entry in entries.values() if entry.space == space]
+        for entry in victims:
+            if entry is not None and entry.alive:
+                self._fail(entry, error)
+
+    def fleet_interest(self, space: str, ids: set[str] | None) -> None:
+        """Poll the operations the other members want in ``space`` (this member leads
+        it), or stop polling them for the fleet (``ids`` is ``None``)."""
+        remote = self._remotes.get(space)
+        if ids is None:
+            if remote is not None:
+                del self._remotes[space]
+                self._subscriptions.discard(remote)
+                self._unsubscribe(remote)
+            return
+        now = self._now()
+        if remote is None:
+            remote = self._remotes[space] = Remote(space)
+            self._subscriptions.add(remote)
+            # Taking over: what the previous leader polled is due now, not at this
+            # member's own (idle) pace.
+            self._schedule.hurry_space(space, now)
+            self._wake()
+        entries = self._schedule.entries
+        for operation_id in [i for i in remote.ids if i not in ids]:
+            remote.ids.discard(operation_id)
+            remote.fresh.discard(operation_id)
+            entry = entries.get((space, operation_id))
+            if entry is not None and entry.leave(remote):
+                self._drop(entry)
+        new = [i for i in ids if i not in remote.ids]
+        if not new:
+            return
+        remote.ids.update(new)
+        for operation_id in new:
+            entry = entries.get((space, operation_id))
+            if entry is not None and entry.state is not None:
+                remote.fresh.add(operation_id)
+                self._schedule.hurry(entry, now)
+        remote.replaying = True
+        try:
+            self._join(remote, [(space, operation_id) for operation_id in new])
+        finally:
+            remote.replaying = False
+        if remote.replayed and self._member is not None:
+            self._member.publish(space, remote.replayed, ())
+            remote.replayed = []
+
+    def fleet_accepts(self, space: str, operation_id: str) -> bool:
+        """True if ``operation_id`` (read from Redis) fits a request of ``space``."""
+        try:
+            self._session._planner.check_fit((operation_id,), space)
+        except ValueError:
+            return False
+        return True
+
+    def fleet_changed(self) -> None:
+        """Leadership or the fleet's connection changed: look at the schedule again."""
+        self._wake()

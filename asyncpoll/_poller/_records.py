@@ -68,6 +68,12 @@ class PollerStatistics:
     of the latest batch if it failed (``None`` once a batch succeeds again);
     ``last_success``: when a batch last got a good answer, in seconds since the epoch
     (:func:`time.time`), or ``None`` before the first.
+
+    In a fleet (``Poller(..., fleet=RedisFleet(...))``): ``leading`` holds the spaces
+    this member polls for the fleet (sorted); ``fleet_members`` the members alive at its
+    last heartbeat, itself included (1 while Redis is unreachable); ``fleet_connected``
+    is False while Redis is unreachable and this member polls on its own. Without a
+    fleet they are ``()``, ``None`` and ``None``.
     """
 
     watched: int
@@ -79,3 +85,6 @@ class PollerStatistics:
     remembered: int
     last_error: AsyncpollError | None = None
     last_success: float | None = None
+    leading: tuple[str, ...] = ()
+    fleet_members: int | None = None
+    fleet_connected: bool | None = None

@@ -194,6 +194,17 @@ class Schedule:
         if entry.flight is None and entry.seq >= 0 and entry.due > now:
             self._push(entry.space, [entry], now)
 
+    def hurry_space(self, space: str, now: float) -> None:
+        """Every entry of ``space`` due at once, as one group (this member just took
+        over polling the space for a fleet)."""
+        members = [
+            entry
+            for entry in self.entries.values()
+            if entry.space == space and entry.flight is None and entry.seq >= 0 and entry.due > now
+        ]
+        if members:
+            self._push(space, members, now)
+
     def reschedule(
         self,
         space: str,
