@@ -467,3 +467,56 @@ def test_real_terminal_gets_progress_bars() -> None:
     assert "8/8" in text
     assert "Succeeded  8 of 8" in text
     assert "{" not in text
+
+
+# -- fleet mode (issue 12) ------------------------------------------------------------------
+
+
+def test_demo_fleet_json_shows_the_fleet_sends_fewer_requests(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``demo --fleet 2``: two member processes share polling through a real Redis; two
+    independent ones poll alone. The simulators count the requests of each setup."""
+    argv = ["demo", "--fleet", "2", "--ops", "60", "--seconds", "1", "--seed", "4", "--json"]
+    code, out, err = run(capsys, *argv)
+    assert (code, err) == (0, "")
+    (line,) = out.splitlines()
+    result = json.loads(line)
+    fleet, alone = result["fleet"], result["alone"]
+    assert len(fleet["per_process"]) == len(alone["per_process"]) == 2
+    # What the processes say they sent is what the servers received.
+    assert sum(fleet["per_process"]) == fleet["requests"]
+    assert sum(alone["per_process"]) == alone["requests"]
+    # Two processes alone send about twice what one fleet sends.
+    assert fleet["requests"] * 1.5 <= alone["requests"]
+
+
+def test_demo_fleet_text(terminal: Console, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["demo", "--fleet", "2", "--ops", "20", "--seconds", "0.5", "--seed", "4"]
+    code, out, err = run(capsys, *argv)
+    assert (code, err) == (0, "")
+    assert "2 processes, each waiting for the same 20 simulated operations" in out
+    assert re.search(r"in one fleet \(Redis\) +\d+ requests +\(per process: \d+, \d+\)", out)
+    assert re.search(r"each on its own +\d+ requests", out)
+
+
+def test_watch_in_a_fleet(
+    env: SimulatedServer, redis_url: str, terminal: Console, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = [env.add_operation(duration=0.2) for _ in range(3)]
+    argv = [*watch(env, *ids), "--fleet", redis_url, "--namespace", "cli-watch"]
+    code, _, err = run(capsys, *argv)
+    text = terminal.export_text()
+    assert (code, err) == (0, "")
+    assert "through one Poller in a fleet" in text
+    assert "1 member; this one polled default for the fleet" in text
+
+
+def test_watch_fleet_bad_url_exits_2(
+    env: SimulatedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, *watch(env, "op1"), "--fleet", "http://127.0.0.1:6379")
+    assert code == 2
+    assert out == ""
+    assert "redis must be a redis://, rediss:// or unix:// URL" in err
+    assert len(err.strip().splitlines()) == 1

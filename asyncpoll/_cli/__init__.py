@@ -3,9 +3,11 @@
 Commands::
 
     asyncpoll demo  [--ops N] [--fail-rate R] [--seconds S] [--seed N] [--json]
+                    [--fleet N]
     asyncpoll watch ID... --space S [--base-url URL] [--token-env VAR] [--json]
                     [--timeout SEC] [--outage-timeout SEC] [--not-found-grace SEC]
                     [--interval SEC] [--max-interval SEC] [--insecure-http]
+                    [--fleet REDIS_URL] [--namespace NS]
     asyncpoll get   ID... --space S [--base-url URL] [--token-env VAR] [--json]
                     [--timeout SEC] [--outage-timeout SEC] [--insecure-http]
 

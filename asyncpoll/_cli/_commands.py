@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 
 from .._errors import AsyncpollError, is_transient
+from .._fleet import RedisFleet
 from .._models import AsyncOperation, OperationState
 from .._poller import Poller, PollerStatistics, PollInterval, ProgressEvent
 from .._retry import RetryPolicy
@@ -191,6 +192,7 @@ async def _follow(
     not_found_grace: float,
     timeout: float | None,
     outage_timeout: float,
+    fleet: RedisFleet | None,
 ) -> PollerStatistics:
     """Watch ``tally.ids`` through one Poller, feeding ``tally`` and ``view``."""
     poller = Poller(
@@ -198,6 +200,7 @@ async def _follow(
         interval=interval,
         not_found_grace=not_found_grace,
         outage_timeout=outage_timeout,
+        fleet=fleet,
     )
     async with session, poller:
         with view:
@@ -228,6 +231,7 @@ def _run_watch(
     timeout: float | None,
     outage_timeout: float,
     title: str,
+    fleet: RedisFleet | None = None,
 ) -> int:
     """Watch ``ids``, report on stdout, and return the exit status."""
     tally = Tally(ids)
@@ -249,6 +253,7 @@ def _run_watch(
         not_found_grace=not_found_grace,
         timeout=timeout,
         outage_timeout=outage_timeout,
+        fleet=fleet,
     )
     stats = anyio.run(follow, backend=args.backend)
     if display is not None:
@@ -281,6 +286,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     # The Poller retries at every turn: the Session gives up early enough that the last
     # error is known when the outage timeout passes.
     session = _session(args, RetryPolicy(timeout=args.outage_timeout / 2))
+    fleet = _fleet(args)
     return _run_watch(
         args,
         session,
@@ -289,12 +295,27 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         not_found_grace=args.not_found_grace,
         timeout=args.timeout,
         outage_timeout=args.outage_timeout,
-        title=f"Watching {len(ids)} operations in space {clean(args.space)} through one Poller",
+        title=f"Watching {len(ids)} operations in space {clean(args.space)} through one Poller"
+        + (" in a fleet" if fleet is not None else ""),
+        fleet=fleet,
     )
+
+
+def _fleet(args: argparse.Namespace) -> RedisFleet | None:
+    if args.fleet is None:
+        return None
+    if importlib.util.find_spec("coredis") is None:
+        raise UsageError("--fleet needs coredis: pip install 'asyncpoll[fleet]'")
+    try:
+        return RedisFleet(args.fleet, namespace=args.namespace)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     _check_backend(args.backend)
+    if args.fleet is not None:
+        return _demo_fleet(args)
     if not _wants_json(args):
         _require_rich()
     from ..testing import SimulatedServer
@@ -319,6 +340,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         )
     # Scripted failures are the demo working as designed, not a failed run.
     return ExitCode.OK if code == ExitCode.FAILED else code
+
+
+def _demo_fleet(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("coredis") is None:
+        raise UsageError("demo --fleet needs coredis: pip install 'asyncpoll[fleet]'")
+    from ..testing._redis import RedisUnavailable
+    from ._fleet_demo import run_demo
+
+    try:
+        result = run_demo(args.fleet, args.ops, args.seconds, args.seed, args.backend)
+    except RedisUnavailable as exc:
+        raise UsageError(f"demo --fleet: {exc}") from None
+    if _wants_json(args):
+        write_json_line(sys.stdout, result)
+        return ExitCode.OK
+    print(
+        f"{args.fleet} processes, each waiting for the same {args.ops} simulated operations "
+        f"(finishing within {args.seconds:g} s):"
+    )
+    for name, setup in (
+        ("in one fleet (Redis)", result["fleet"]),
+        ("each on its own", result["alone"]),
+    ):
+        each = ", ".join(str(n) for n in setup["per_process"])
+        print(f"  {name:<22} {setup['requests']:>6} requests   (per process: {each})")
+    return ExitCode.OK
 
 
 async def _get(

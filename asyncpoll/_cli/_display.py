@@ -171,6 +171,8 @@ class WatchDisplay:
                 f"{_plural(total, 'operation')} watched"
             ),
         )
+        if stats.fleet_members is not None:
+            grid.add_row(Text("Fleet"), Text(_fleet_line(stats)))
         grid.add_row(Text("Elapsed"), Text(f"{self.elapsed:.1f} s"))
         self._console.print()
         self._console.print(grid)
@@ -213,3 +215,11 @@ def print_operations(
             Text(describe(operation) if operation is not None else ""),
         )
     console.print(table)
+
+
+def _fleet_line(stats: PollerStatistics) -> str:
+    if not stats.fleet_connected:
+        return "Redis unreachable at the end: polled on our own"
+    members = _plural(stats.fleet_members or 1, "member")
+    led = ", ".join(clean(space) for space in stats.leading) or "no space"
+    return f"{members}; this one polled {led} for the fleet"

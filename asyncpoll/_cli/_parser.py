@@ -164,6 +164,14 @@ def build_parser() -> _Parser:
         help="they finish within S seconds (default: 10)",
     )
     demo.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
+    demo.add_argument(
+        "--fleet",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="run N processes in a fleet (Redis) beside N on their own and show the "
+        "requests each setup sent (needs redis-server on the PATH and asyncpoll[fleet])",
+    )
 
     watch = commands.add_parser(
         "watch",
@@ -191,6 +199,19 @@ def build_parser() -> _Parser:
         default=1.0,
         metavar="SEC",
         help="first polling interval of each operation (default: 1)",
+    )
+    watch.add_argument(
+        "--fleet",
+        default=None,
+        metavar="REDIS_URL",
+        help="share polling with every process watching through this Redis "
+        "(redis://, rediss://; needs asyncpoll[fleet])",
+    )
+    watch.add_argument(
+        "--namespace",
+        default="asyncpoll",
+        metavar="NS",
+        help="the fleet's namespace in Redis (default: %(default)s)",
     )
     watch.add_argument(
         "--max-interval",

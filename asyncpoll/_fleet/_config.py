@@ -50,8 +50,11 @@ class RedisFleet:
     members poll on their own and rejoin when it returns.
 
     ``redis`` is a URL (``redis://``, ``rediss://`` for TLS, ``unix://``; a password in
-    it works and never appears in reprs or logs) or a ``coredis.Redis`` client, which is
-    used as it is: enter it (``async with client:``) before the Poller, leave it after.
+    it works and never appears in reprs or logs) or a coredis client (``coredis.Redis``,
+    one from ``coredis.Sentinel``, or ``coredis.RedisCluster``: every key of a namespace
+    shares one hash tag, so one slot holds them), which is used as it is: enter it
+    (``async with client:``) before the Poller, leave it after; it must not decode
+    responses.
     ``namespace`` (1 to 64 letters, digits, ``_ . : -``) keeps one fleet's keys apart
     from another's. It is a trust boundary: every member of a namespace must hold
     credentials with the same access, since a member's callers get what another member
@@ -59,7 +62,11 @@ class RedisFleet:
     """
 
     def __init__(
-        self, redis: str | coredis.Redis[bytes], *, namespace: str, lease: float = 10.0
+        self,
+        redis: str | coredis.Redis[bytes] | coredis.RedisCluster[bytes],
+        *,
+        namespace: str,
+        lease: float = 10.0,
     ) -> None:
         module = _import_coredis()
         if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
@@ -72,7 +79,7 @@ class RedisFleet:
         if self.lease < 0.2:
             raise ValueError(f"lease must be at least 0.2 seconds, got {lease!r}")
         self._url: str | None = None
-        self._client: coredis.Redis[bytes] | None = None
+        self._client: coredis.Redis[bytes] | coredis.RedisCluster[bytes] | None = None
         if isinstance(redis, str):
             scheme = urlsplit(redis).scheme
             if scheme not in _SCHEMES:
@@ -80,16 +87,23 @@ class RedisFleet:
                     f"redis must be a redis://, rediss:// or unix:// URL, got {_redacted(redis)!r}"
                 )
             self._url = redis
-        elif isinstance(redis, module.Redis):
+        elif isinstance(redis, module.Redis | module.RedisCluster):
+            if redis.decode_responses:
+                raise ValueError("the coredis client must not decode responses (decode_responses)")
             self._client = redis
         else:
-            raise TypeError(f"redis must be a URL or a coredis.Redis, got {type(redis).__name__}")
+            raise TypeError(
+                f"redis must be a URL, a coredis.Redis or a coredis.RedisCluster, "
+                f"got {type(redis).__name__}"
+            )
 
     def __repr__(self) -> str:
         where = _redacted(self._url) if self._url is not None else "<coredis.Redis>"
         return f"<asyncpoll.RedisFleet {where} namespace={self.namespace!r} lease={self.lease:g}>"
 
-    def _connect(self, timeout: float) -> tuple[coredis.Redis[bytes], bool]:
+    def _connect(
+        self, timeout: float
+    ) -> tuple[coredis.Redis[bytes] | coredis.RedisCluster[bytes], bool]:
         """The client a member uses, and whether the member must enter it itself."""
         if self._client is not None:
             return self._client, False
