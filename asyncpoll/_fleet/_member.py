@@ -179,6 +179,7 @@ class Member:
         self._scripts: dict[str, Any] = {}
         self._lost_since: float | None = None
         self._stopped = False
+        self._flushing = anyio.Lock()  # one flush at a time: adds and removes stay in order
         self._tasks: anyio.CancelScope | None = None
         self._listening: anyio.CancelScope | None = None
 
@@ -255,10 +256,11 @@ class Member:
 
     def resign(self, seconds: float) -> None:
         """Leave every lease to the others for ``seconds`` (this member's token was
-        refused: another member's may still be good)."""
+        refused: another member's may still be good); released at the next beat, now.
+        A member alone keeps its leases: nobody else would poll."""
+        if self.members <= 1:
+            return
         self._resigned_until = anyio.current_time() + seconds
-        for space in list(self.leading):
-            self._lose(space)
         self._sync.set()
 
     # -- the tasks ----------------------------------------------------------------------
@@ -305,7 +307,7 @@ class Member:
             return
         try:
             for space in self.leading:
-                await self._scripts["release"](keys=[self._keys.lead(space)], args=[self.id])
+                await self._release(space)
             async with self._client.pipeline(transaction=False) as pipe:
                 for space in self._wanted:
                     pipe.delete([self._keys.want(space, self.id)])
@@ -383,12 +385,18 @@ class Member:
             others = await self._interest(space, members) if space in self.leading else None
             if space in self.leading and not others and space not in self._wanted:
                 # Nobody wants this space any more: leave it.
-                await self._scripts["release"](keys=[keys.lead(space)], args=[self.id])
+                await self._release(space)
                 self._lose(space)
+                continue
+            if not may_take:
+                # Resigned (its token was refused): the lease is left to the others.
+                await self._release(space)
+                if space in self.leading:
+                    self._lose(space)
                 continue
             # A member that leads nothing takes a free lease at once; one that leads
             # already waits one beat, so that leadership spreads over the fleet.
-            take = may_take and (not self.leading or space in self._free)
+            take = not self.leading or space in self._free
             held = await self._scripts["lease"](
                 keys=[keys.lead(space)], args=[self.id, str(self._lease_ms), "1" if take else "0"]
             )
@@ -405,6 +413,12 @@ class Member:
                     self._free.add(space)
                 if space in self.leading:
                     self._lose(space)
+
+    async def _release(self, space: str) -> None:
+        """Give up the lease of ``space`` if this member holds it, and say so ("!S" on
+        the wake channel): whoever wants the space takes it at once."""
+        if await self._scripts["release"](keys=[self._keys.lead(space)], args=[self.id]):
+            await self._client.publish(self._keys.wake, "!" + space)
 
     def _lose(self, space: str) -> None:
         self.leading.discard(space)
@@ -475,9 +489,13 @@ class Member:
                 self._on_shared(decode_message(data, self._keys.obs))
         elif channel == self._keys.wake.encode() and kind == "message":
             # New interest in a space: its leader picks it up now, and so does a member
-            # that saw the space without a leader.
+            # that saw the space without a leader. "!S": S's leader left.
             named = data.decode(errors="replace") if isinstance(data, bytes) else ""
-            if named in self.leading or (named in self._free and named in self._wanted):
+            if named.startswith("!"):
+                if named[1:] in self._wanted:
+                    self._free.add(named[1:])
+                    self._sync.set()
+            elif named in self.leading or (named in self._free and named in self._wanted):
                 self._sync.set()
 
     def _on_shared(self, shared: Observation | Failure | None) -> None:
@@ -501,6 +519,10 @@ class Member:
                 self._lost(exc)
 
     async def _flush(self) -> None:
+        async with self._flushing:
+            await self._flush_now()
+
+    async def _flush_now(self) -> None:
         keys = self._keys
         adds, self._adds = self._adds, {}
         removes, self._removes = self._removes, {}
