@@ -37,7 +37,7 @@ from .._models import AsyncOperation, OperationState
 from .._runtime import LoopBinding
 from .._session import BatchResult, Session, Tally
 from .._validation import check_count, check_seconds, validate_operation_id, validate_space_id
-from .._wire import Status
+from .._wire import Status, decode_operations
 from ._backend import Key, SignalFactory, Subscriber, signal_factory
 from ._delivery import Block, Completed, Events, Mailbox, Waiter
 from ._memory import Memory
@@ -674,7 +674,10 @@ class Poller:
         self, space: str, live: list[Entry]
     ) -> tuple[BatchResult | None, AsyncpollError | None]:
         """Send one batch through the Session; cancelled once nobody waits for it."""
-        previous = {e.id: e.operation for e in live if e.operation is not None}
+        # Only a custom decoder reads the operations seen before; the default one does not.
+        previous = None
+        if self._session._endpoint.decode is not decode_operations:
+            previous = {e.id: e.operation for e in live if e.operation is not None}
         telemetry = self._session._telemetry
         if telemetry.metering:
             telemetry.watch(self)
