@@ -302,10 +302,13 @@ class Member:
             self._tasks.cancel()
 
     async def _leave(self) -> None:
-        """Release this member's leases and interest, so no request continues for it."""
+        """Write out what is still to share (the last outcomes seen), then release this
+        member's leases and interest, so no request continues for it."""
         if not self.connected:
             return
         try:
+            self._lookups.clear()  # nobody is left to read them
+            await self._flush()
             for space in self.leading:
                 await self._release(space)
             async with self._client.pipeline(transaction=False) as pipe:
@@ -513,7 +516,9 @@ class Member:
             if not self.connected:
                 continue  # re-sent in full by the heartbeat when Redis is back
             try:
-                with anyio.fail_after(self._timeout * 4):
+                # Shielded (and bounded): what a flush took out of the queues is written
+                # even if the Poller closes meanwhile, or it would be lost.
+                with anyio.CancelScope(shield=True), anyio.fail_after(self._timeout * 4):
                     await self._flush()
             except _errors() as exc:
                 self._lost(exc)
