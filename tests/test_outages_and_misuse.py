@@ -255,6 +255,23 @@ async def test_iterating_without_async_with_shows_the_right_form(
     assert server.requests == []
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("method", ["watch", "as_completed"])
+async def test_entering_one_block_twice_says_so(server: SimulatedServer, method: str) -> None:
+    operation_id = server.add_operation(duration=0.05)
+    session = Session(server.url, token=server.token or "")
+    async with session, Poller(session) as poller:
+        block = getattr(poller, method)([operation_id])
+        async with block as stream:
+            async for _ in stream:
+                pass
+        again = rf"already entered: call poller.{method}\(ids\) again"
+        with pytest.raises(RuntimeError, match=again):
+            async with block:
+                pass
+        assert poller.statistics().watched == 0
+
+
 @pytest.mark.parametrize(
     "options",
     [

@@ -189,7 +189,7 @@ class Block(Generic[_T]):
     (entering it subscribes; leaving it stops polling for this caller). Iterating it
     directly is a mistake, and its ``TypeError`` shows the right form."""
 
-    __slots__ = ("_item", "_manager", "_method", "_name")
+    __slots__ = ("_entered", "_item", "_manager", "_method", "_name")
 
     def __init__(
         self, manager: AbstractAsyncContextManager[_T], method: str, name: str, item: str
@@ -198,8 +198,15 @@ class Block(Generic[_T]):
         self._method = method
         self._name = name
         self._item = item
+        self._entered = False
 
     async def __aenter__(self) -> _T:
+        if self._entered:
+            raise RuntimeError(
+                f"this poller.{self._method}(...) block was already entered: call "
+                f"poller.{self._method}(ids) again for another one"
+            )
+        self._entered = True
         return await self._manager.__aenter__()
 
     async def __aexit__(
