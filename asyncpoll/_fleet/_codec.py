@@ -51,6 +51,16 @@ logger = logging.getLogger("asyncpoll")
 #: The largest value read from Redis; anything longer is ignored unread.
 MAX_VALUE = 1 << 20
 _MAX_MESSAGE = 500  # characters of a shared error message kept
+# What cattrs and the checks raise on a value of the wrong shape (cattrs raises an
+# AttributeError or a KeyError for a list where an object belongs).
+_UNREADABLE = (
+    cattrs.BaseValidationError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    KeyError,
+    RecursionError,
+)
 _warned: set[str] = set()
 _MAX_WARNED = 1000
 
@@ -132,7 +142,7 @@ def decode_record(value: object, where: str) -> AsyncOperation | None:
         return None
     try:
         return _structure(document)
-    except (cattrs.BaseValidationError, ValueError, TypeError, RecursionError) as exc:
+    except _UNREADABLE as exc:
         warn_once(where, type(exc).__name__)
         return None
 
@@ -254,7 +264,7 @@ def decode_message(value: object, where: str) -> Observation | Failure | None:
         return None
     try:
         return _read_message(document)
-    except (cattrs.BaseValidationError, ValueError, TypeError, RecursionError) as exc:
+    except _UNREADABLE as exc:
         warn_once(where, type(exc).__name__)
         return None
 

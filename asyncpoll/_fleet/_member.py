@@ -53,12 +53,18 @@ logger = logging.getLogger("asyncpoll")
 _CHUNK = 5000  # IDs per command
 # Hold the lease if free, or renew it if ours. ARGV[3] == "1": take a free lease.
 # Returns 1 when the caller holds it afterwards, 2 when it is free (not taken), 0 when
-# another member holds it. A key of the wrong type (garbage) is replaced.
+# another member holds it. A key of the wrong type, or naming no live member (ARGV[4] is
+# the prefix of the members' liveness keys), is garbage: it is removed, the lease free.
 _LEASE = """
 local kind = redis.call('type', KEYS[1]).ok
 if kind ~= 'none' and kind ~= 'string' then redis.call('del', KEYS[1]) end
 local holder = redis.call('get', KEYS[1])
 if holder == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) return 1 end
+if holder and (not string.match(holder, '^%x+$') or #holder > 64
+    or redis.call('exists', ARGV[4] .. holder) == 0) then
+  redis.call('del', KEYS[1])
+  holder = false
+end
 if not holder then
   if ARGV[3] == '1' then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
   return 2
@@ -83,11 +89,12 @@ for _, key in ipairs(KEYS) do
 end
 return out
 """
+# Add ARGV[1] to the members (replacing a key of the wrong type), and list them.
 _MEMBERS = """
 local kind = redis.call('type', KEYS[1]).ok
-if kind == 'set' then return redis.call('smembers', KEYS[1]) end
-if kind ~= 'none' then redis.call('del', KEYS[1]) end
-return {}
+if kind ~= 'none' and kind ~= 'set' then redis.call('del', KEYS[1]) end
+redis.call('sadd', KEYS[1], ARGV[1])
+return redis.call('smembers', KEYS[1])
 """
 
 
@@ -341,7 +348,6 @@ class Member:
         rejoining = not self.connected
         async with client.pipeline(transaction=False) as pipe:
             pipe.set(keys.member(self.id), b"1", px=self._lease_ms)
-            pipe.sadd(keys.members, [self.id])
             renewed = {
                 space: pipe.pexpire(keys.want(space, self.id), self._lease_ms)
                 for space in self._wanted
@@ -369,7 +375,7 @@ class Member:
     async def _live_members(self) -> list[str]:
         """The other members alive now (dead ones are removed from the set)."""
         keys, client = self._keys, self._client
-        found = await self._scripts["members"](keys=[keys.members])
+        found = await self._scripts["members"](keys=[keys.members], args=[self.id])
         others = [m.decode() for m in found if isinstance(m, bytes) and m.isascii()]
         others = [m for m in others if m != self.id and m.isalnum() and len(m) <= 64]
         async with client.pipeline(transaction=False) as pipe:
@@ -401,7 +407,8 @@ class Member:
             # already waits one beat, so that leadership spreads over the fleet.
             take = not self.leading or space in self._free
             held = await self._scripts["lease"](
-                keys=[keys.lead(space)], args=[self.id, str(self._lease_ms), "1" if take else "0"]
+                keys=[keys.lead(space)],
+                args=[self.id, str(self._lease_ms), "1" if take else "0", keys.member("")],
             )
             if held == 1:
                 self._free.discard(space)
@@ -481,6 +488,12 @@ class Member:
                 await anyio.sleep(self._tick)
 
     def _on_message(self, message: Any) -> None:
+        try:
+            self._read_message(message)
+        except Exception as exc:  # anyone who can write to Redis can publish anything
+            warn_once(self._keys.obs, f"{type(exc).__name__} reading a message")
+
+    def _read_message(self, message: Any) -> None:
         kind, channel, data = message.get("type"), message.get("channel"), message.get("data")
         if channel == self._keys.obs.encode():
             if kind == "subscribe":
