@@ -171,10 +171,13 @@ def _parse(value: object, where: str) -> Any:
         warn_once(where, f"{len(value)} bytes, more than {MAX_VALUE}")
         return None
     try:
-        return orjson.loads(value)
+        document = orjson.loads(value)
     except orjson.JSONDecodeError:
         warn_once(where, "not JSON")
         return None
+    if document is None:
+        warn_once(where, "null")
+    return document
 
 
 @attrs.frozen

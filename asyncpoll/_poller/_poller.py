@@ -889,15 +889,19 @@ class Poller:
             entry = entries.get((space, operation_id))
             if entry is not None and entry.leave(remote):
                 self._drop(entry)
-        new = [i for i in ids if i not in remote.ids]
+        # Finished operations the others still list (an open as_completed keeps its IDs
+        # until it ends) were shared once: they are not joined, nor shared, again.
+        remote.done &= ids
+        new = [i for i in ids if i not in remote.ids and i not in remote.done]
         if not new:
             return
         remote.ids.update(new)
         for operation_id in new:
             entry = entries.get((space, operation_id))
             if entry is not None and entry.state is not None:
+                # Its state is shared at its next answer (no request sooner: the member
+                # that joined read the snapshot, which usually holds it already).
                 remote.fresh.add(operation_id)
-                self._schedule.hurry(entry, now)
         remote.replaying = True
         try:
             self._join(remote, [(space, operation_id) for operation_id in new])

@@ -14,7 +14,7 @@ class Remote:
     of ``ids``; it takes no outcome itself (the leader shares every answer through Redis),
     except those replayed from memory while it joins, which are shared again."""
 
-    __slots__ = ("fresh", "ids", "replayed", "replaying", "space")
+    __slots__ = ("done", "fresh", "ids", "replayed", "replaying", "space")
 
     events = False
 
@@ -25,6 +25,7 @@ class Remote:
         # (a member that joins late may find no snapshot of an unchanged operation).
         self.fresh: set[str] = set()
         self.replaying = False
+        self.done: set[str] = set()  # finished and shared, still wanted by others
         self.replayed: list[AsyncOperation] = []
 
     @property
@@ -34,6 +35,7 @@ class Remote:
     def deliver(self, key: Key, operation: AsyncOperation | None, terminal: bool) -> None:
         if terminal:
             self.ids.discard(key[1])
+            self.done.add(key[1])
             self.fresh.discard(key[1])
             if self.replaying and operation is not None:
                 self.replayed.append(operation)
