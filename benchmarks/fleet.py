@@ -38,7 +38,6 @@ import contextlib
 import json
 import math
 import os
-import resource
 import shutil
 import socket
 import statistics
@@ -50,7 +49,8 @@ from pathlib import Path
 from typing import IO, Any
 
 # The bounds and the machine as run.py defines them (this directory is on sys.path).
-from run import lower_bound, machine, observing_bound
+from contenders import _cpu, _rank
+from run import _line, _send, lower_bound, machine, observing_bound
 
 HERE = Path(__file__).resolve().parent
 TARGET = 1.2  # issue 12: a fleet of K sends at most 1.2x the requests of one process alone
@@ -61,18 +61,6 @@ MODES: dict[str, dict[str, Any]] = {
 
 
 # -- a member (one process) --------------------------------------------------------------
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _rank(values: list[float], q: float) -> float:
-    """The nearest-rank ``q`` quantile of sorted ``values`` (NaN if empty)."""
-    if not values:
-        return math.nan
-    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
 
 
 def member_main(backend: str) -> int:
@@ -306,21 +294,6 @@ def _keys_left(redis: Redis, namespace: str) -> dict[str, int]:
 
 
 # -- the driver --------------------------------------------------------------------------
-
-
-def _line(stream: IO[str], process: subprocess.Popen[str], what: str) -> dict[str, Any]:
-    line = stream.readline()
-    if not line:
-        process.wait(timeout=10)
-        raise RuntimeError(f"{what} exited with status {process.returncode} before answering")
-    message: dict[str, Any] = json.loads(line)
-    return message
-
-
-def _send(process: subprocess.Popen[str], message: dict[str, Any]) -> None:
-    assert process.stdin is not None
-    process.stdin.write(json.dumps(message) + "\n")
-    process.stdin.flush()
 
 
 def _backends(k: int, choice: str) -> list[str]:
