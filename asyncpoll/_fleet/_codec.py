@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import attrs
 import cattrs
@@ -61,6 +61,7 @@ _UNREADABLE = (
     KeyError,
     RecursionError,
 )
+_T = TypeVar("_T")
 _warned: set[str] = set()
 _MAX_WARNED = 1000
 
@@ -135,16 +136,22 @@ def _structure(document: Any) -> AsyncOperation:
     return operation
 
 
-def decode_record(value: object, where: str) -> AsyncOperation | None:
-    """An operation read back from ``where`` (a key), or ``None`` if it does not read."""
+def _decode(value: object, where: str, read: Callable[[Any], _T]) -> _T | None:
+    """``value`` (read from ``where``) parsed and ``read``; ``None``, logged once, if it
+    does not read."""
     document = _parse(value, where)
     if document is None:
         return None
     try:
-        return _structure(document)
+        return read(document)
     except _UNREADABLE as exc:
         warn_once(where, type(exc).__name__)
         return None
+
+
+def decode_record(value: object, where: str) -> AsyncOperation | None:
+    """An operation read back from ``where`` (a key), or ``None`` if it does not read."""
+    return _decode(value, where, _structure)
 
 
 def decode_id(value: object, where: str) -> str | None:
@@ -260,22 +267,21 @@ def _strings(value: Any, name: str) -> tuple[str, ...]:
     return tuple(validate_operation_id(item) for item in value)
 
 
-def decode_message(value: object, where: str) -> Observation | Failure | None:
-    """A message read from the fleet's channel, or ``None`` if it does not read."""
-    document = _parse(value, where)
-    if document is None:
-        return None
-    try:
-        return _read_message(document)
-    except _UNREADABLE as exc:
-        warn_once(where, type(exc).__name__)
-        return None
+def decode_message(
+    value: object, where: str, *, ignore: str | None = None
+) -> Observation | Failure | None:
+    """A message read from the fleet's channel, or ``None`` if it does not read or was
+    sent by the member ``ignore`` (its records are not read then: a leader gets back
+    every message it publishes)."""
+    return _decode(value, where, lambda document: _read_message(document, ignore))
 
 
-def _read_message(document: Any) -> Observation | Failure:
+def _read_message(document: Any, ignore: str | None) -> Observation | Failure | None:
     if type(document) is not dict:
         raise TypeError("not an object")
     member = _strict_str(document.get("m"), str)
+    if member == ignore:
+        return None
     space = validate_space_id(document.get("s"))
     if document.get("t") == "obs":
         operations = document.get("ops")

@@ -502,7 +502,7 @@ class Member:
                     self._lookups.setdefault(space, set()).update(counts)
                 self._kick.set()
             elif kind == "message":
-                self._on_shared(decode_message(data, self._keys.obs))
+                self._on_shared(decode_message(data, self._keys.obs, ignore=self.id))
         elif channel == self._keys.wake.encode() and kind == "message":
             # New interest in a space: its leader picks it up now, and so does a member
             # that saw the space without a leader. "!S": S's leader left.
@@ -515,7 +515,7 @@ class Member:
                 self._sync.set()
 
     def _on_shared(self, shared: Observation | Failure | None) -> None:
-        if shared is None or shared.member == self.id:
+        if shared is None:  # unreadable, or our own
             return
         if isinstance(shared, Observation):
             self._host.fleet_apply(shared.space, shared.operations, shared.gone)
