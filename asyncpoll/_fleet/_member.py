@@ -261,13 +261,13 @@ class Member:
             self._forgotten.setdefault(space, set()).add(operation_id)
             self._kick.set()
 
-    def resign(self, seconds: float) -> None:
-        """Leave every lease to the others for ``seconds`` (this member's token was
+    def resign(self) -> None:
+        """Leave every lease to the others for two leases (this member's token was
         refused: another member's may still be good); released at the next beat, now.
         A member alone keeps its leases: nobody else would poll."""
         if self.members <= 1:
             return
-        self._resigned_until = anyio.current_time() + seconds
+        self._resigned_until = anyio.current_time() + 2 * self.fleet.lease
         self._sync.set()
 
     # -- the tasks ----------------------------------------------------------------------
@@ -620,16 +620,17 @@ class Member:
             async with self._client.pipeline(transaction=False, raise_on_error=False) as pipe:
                 snapshot = pipe.hmget(keys.snap(space), list(chunk))
                 done = pipe.mget([keys.done(space, i) for i in chunk])
-            for request, where in ((snapshot, keys.snap(space)), (done, None)):
+            # Warned about once per kind of key and space, not per operation.
+            for request, where in ((snapshot, keys.snap(space)), (done, keys.done(space, "*"))):
                 try:
                     values = await request
                 except _response_errors() as exc:
-                    warn_once(where or keys.done(space, "*"), type(exc).__name__)
+                    warn_once(where, type(exc).__name__)
                     continue
                 for operation_id, value in zip(chunk, values, strict=True):
                     if value is None:
                         continue
-                    record = decode_record(value, where or keys.done(space, operation_id))
+                    record = decode_record(value, where)
                     if record is not None and record.id == operation_id:
                         found.append(record)
         if found:

@@ -722,15 +722,13 @@ class Poller:
         id_errors = result.id_errors
         unchanged: list[Entry] = []
         changed: list[Entry] = []
+        # The member of a fleet that polls this space for it shares what it sees.
         member = self._member
-        # What this member shares with its fleet, when it polls the space for it.
-        shared: list[AsyncOperation] | None = None
+        sharer = member if member is not None and member.shares(space) else None
+        shared: list[AsyncOperation] = []
         gone: list[str] = []
-        fresh: set[str] = set()
-        if member is not None and member.shares(space):
-            shared = []
-            remote = self._remotes.get(space)
-            fresh = remote.fresh if remote is not None else fresh
+        remote = self._remotes.get(space)
+        fresh = remote.fresh if remote is not None else set()
         for entry in batch:
             if not entry.alive:
                 continue
@@ -738,8 +736,8 @@ class Poller:
                 id_error = id_errors.get(entry.id)
                 if id_error is not None:
                     self._fail(entry, id_error)
-                    if member is not None and shared is not None:
-                        member.share_failure(space, "id", id_error, (entry.id,))
+                    if sharer is not None:
+                        sharer.share_failure(space, "id", id_error, (entry.id,))
                     continue
             status = seen.get(entry.id)
             if status is None:
@@ -753,14 +751,14 @@ class Poller:
                 continue
             entry.absent_since = None
             outcome = self._observe(entry, status)
-            if shared is not None and (outcome is not False or entry.id in fresh):
+            if sharer is not None and (outcome is not False or entry.id in fresh):
                 fresh.discard(entry.id)
                 shared.append(_model(status))
             if outcome is not None:
                 (changed if outcome else unchanged).append(entry)
         self._schedule.reschedule(space, unchanged, changed, now, result.retry_after)
-        if member is not None and shared is not None and (shared or gone):
-            member.publish(space, shared, gone)
+        if sharer is not None and (shared or gone):
+            sharer.publish(space, shared, gone)
 
     def _observe(self, entry: Entry, status: Status) -> bool | None:
         """Take one answer for ``entry``: True if it changed, False if not (or if it was
@@ -801,9 +799,9 @@ class Poller:
             kind = failure_kind(error)
             if kind is not None and member.shares(space):
                 member.share_failure(space, kind, error)
-            if isinstance(error, AuthenticationError) and self._fleet is not None:
+            if isinstance(error, AuthenticationError):
                 # This member's token was refused; another member's may still be good.
-                member.resign(2 * self._fleet.lease)
+                member.resign()
         entries = self._schedule.entries.values()
         if isinstance(error, AuthenticationError):
             victims = list(entries)
@@ -871,7 +869,6 @@ class Poller:
         if ids is None:
             if remote is not None:
                 del self._remotes[space]
-                self._subscriptions.discard(remote)
                 self._unsubscribe(remote)
             return
         now = self._now()
