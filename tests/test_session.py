@@ -815,6 +815,84 @@ async def test_unknown_states_are_logged_once(
     assert "Archiving" in warnings[0].getMessage()
 
 
+@pytest.mark.parametrize("light", [False, True])
+async def test_each_asked_id_keeps_its_first_answer_in_order(
+    light: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The Session's fast path (every ID once, all asked for) and the careful one (any
+    # repeat or stranger) must give the same answers, for get_operations and the Poller.
+    def handler(request: Request) -> Response:
+        body = [
+            {"id": "b", "state": "Running", "percentComplete": 10},
+            {"id": "stranger", "state": "Succeeded"},
+            {"id": "a", "state": "Archiving"},
+            {"id": "b", "state": "Succeeded"},
+            {"id": "c", "state": "Running"},
+        ]
+        return Response(200, {}, orjson.dumps(body))
+
+    async with Session(
+        "https://example.com", token="tok", transport=MockTransport(handler)
+    ) as session:
+        ids = ["a", "b", "c"]
+        parts = [encode_id("asyncOperationIds", i) for i in ids]
+        for _ in range(2):
+            result = await session._query_batch("default", ids, parts, light=light)
+            assert list(result.by_id) == ["b", "a", "c"]
+            assert result.by_id["b"].state is S.RUNNING
+            assert result.by_id["b"].percent_complete == 10
+            assert result.by_id["a"].state is S.UNKNOWN
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3  # each surprise once per Session, however often it comes
+    assert any("twice" in w for w in warnings)
+    assert any("not asked for" in w for w in warnings)
+    assert any("Archiving" in w for w in warnings)
+
+
+async def test_max_connections_caps_the_requests_in_flight() -> None:
+    # A free slot is taken without yielding, a busy Session queues: never more at once.
+    in_flight = peak = 0
+
+    async def handler(request: Request) -> Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await anyio.sleep(0.01)
+        in_flight -= 1
+        operation_id = request.url.rpartition("=")[2]
+        return Response(200, {}, orjson.dumps([{"id": operation_id, "state": "Running"}]))
+
+    async with Session(
+        "https://example.com",
+        token="tok",
+        transport=MockTransport(handler),
+        max_batch_size=1,
+        max_connections=2,
+    ) as session:
+        operations = await session.get_operations([f"op{i}" for i in range(7)])
+        assert sorted(op.id for op in operations) == [f"op{i}" for i in range(7)]
+        assert session.requests_sent == 7
+    assert peak == 2
+
+
+async def test_an_unknown_state_in_a_clean_answer_is_logged() -> None:
+    # Every ID once and asked for (the fast path): an unknown state is still noticed.
+    def handler(request: Request) -> Response:
+        return Response(200, {}, orjson.dumps([{"id": "a", "state": "Thawing"}]))
+
+    async with Session(
+        "https://example.com", token="tok", transport=MockTransport(handler)
+    ) as session:
+        with pytest.MonkeyPatch.context() as patch:
+            noted: list[str] = []
+            patch.setattr(session, "_note_unknown_state", lambda op: noted.append(op.id))
+            result = await session._query_batch(
+                "default", ["a"], [encode_id("asyncOperationIds", "a")], light=True
+            )
+    assert list(result.by_id) == ["a"]
+    assert noted == ["a"]
+
+
 # -- wire variants --------------------------------------------------------------------------
 
 VARIANTS = [

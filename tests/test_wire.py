@@ -24,7 +24,7 @@ from asyncpoll import (
     Session,
     decode_operations,
 )
-from asyncpoll._wire import Light, _structure, decode_statuses, parse_body
+from asyncpoll._wire import _SLOW_KEYS, Light, _structure, decode_statuses, parse_body
 
 S = OperationState
 
@@ -608,6 +608,15 @@ def test_light_records_read_as_the_converter_reads(entries: list[dict[str, Any]]
         assert model == expected
         assert model.percent_complete == expected.percent_complete  # NaN-free: clamped or None
         assert model.raw is entry
+
+
+@pytest.mark.parametrize("key", _SLOW_KEYS)
+def test_a_key_only_the_converter_reads_makes_a_model(key: str) -> None:
+    # _light tests these keys one by one: each of them must send the entry to the converter.
+    entry = {"id": "a", "state": "Running", "percentComplete": 10, key: "x"}
+    [status] = decode_statuses([entry])
+    assert isinstance(status, AsyncOperation)
+    assert status == _structure(entry)
 
 
 def test_entries_beyond_the_default_shape_are_models() -> None:

@@ -12,8 +12,6 @@ from ._body import ACCEPT_ENCODING, BodyReader, ExceptionMap, ReadBudget, caught
 
 __all__ = ["EXCEPTION_MAP", "AiohttpTransport"]
 
-_CHUNK = 64 * 1024
-
 #: What each exception aiohttp (or asyncio under it) raises becomes, most specific first.
 #: ``tests/test_transport.py`` checks that every exception aiohttp exports is covered.
 EXCEPTION_MAP: ExceptionMap = (
@@ -65,6 +63,14 @@ class AiohttpTransport:
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self._budget = ReadBudget()
+        self._last_timeout = aiohttp.ClientTimeout(total=30.0)
+
+    def _timeout(self, total: float) -> aiohttp.ClientTimeout:
+        """The (immutable) ClientTimeout of ``total`` seconds, kept while every request
+        asks for the same: a Session sends all its requests with one timeout."""
+        if self._last_timeout.total != total:
+            self._last_timeout = aiohttp.ClientTimeout(total=total)
+        return self._last_timeout
 
     def _client(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -91,7 +97,7 @@ class AiohttpTransport:
                 yarl.URL(request.url, encoded=True),
                 headers=headers,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=request.timeout),
+                timeout=self._timeout(request.timeout),
             ) as response:
                 reader = BodyReader(
                     request.max_response_size,
@@ -100,7 +106,10 @@ class AiohttpTransport:
                     budget=self._budget,
                 )
                 try:
-                    async for chunk in response.content.iter_chunked(_CHUNK):
+                    # Whatever has arrived, as it arrives: aiohttp stops reading the socket
+                    # while it holds 128 KiB unread (twice read_bufsize), so a chunk stays
+                    # small, and the reader caps the body. Cheaper than iter_chunked.
+                    while chunk := await response.content.readany():
                         reader.feed(chunk)
                     body = reader.finish()
                 finally:

@@ -154,13 +154,15 @@ class BodyReader:
 
 
 def _decoder_for(content_encoding: str | None) -> zlib._Decompress | None:
-    codings = [c.strip().lower() for c in (content_encoding or "").split(",")]
+    if not content_encoding:  # the usual answer: nothing to parse
+        return None
+    codings = [c.strip().lower() for c in content_encoding.split(",")]
     codings = [c for c in codings if c not in _IDENTITY]
     if not codings:
         return None
     if len(codings) > 1 or codings[0] not in _WBITS:
         # Never decoded: we did not ask for it, and could not cap what it inflates to.
-        shown = (content_encoding or "")[:40]
+        shown = content_encoding[:40]
         raise InvalidResponseError(
             f"the server answered with Content-Encoding {shown!r}, which asyncpoll did not "
             f"ask for (it sends Accept-Encoding: {ACCEPT_ENCODING})"
