@@ -23,6 +23,9 @@ __all__ = [
 
 _SPACE_RE = re.compile(r"[A-Za-z0-9_-]{7,22}")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# What most operation IDs are made of (RFC 3986 unreserved characters): such an ID is
+# valid at a glance, with one match instead of the checks below.
+_PLAIN_ID_RE = re.compile(r"[A-Za-z0-9_.~-]+")
 # RFC 6750 "b64token" and everything else a JWT or opaque token is made of: visible
 # ASCII. A space, control character or non-ASCII letter cannot travel in a header.
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")
@@ -40,6 +43,8 @@ def validate_space_id(space_id: object) -> str:
 
 def validate_operation_id(operation_id: object) -> str:
     """Return ``operation_id`` if it is a non-empty string without control characters."""
+    if type(operation_id) is str and _PLAIN_ID_RE.fullmatch(operation_id):
+        return operation_id
     if not isinstance(operation_id, str):
         raise TypeError(f"operation IDs are strings, got {type(operation_id).__name__}")
     if not operation_id:

@@ -166,8 +166,9 @@ def _structure_operation(entry: Any, _: type) -> AsyncOperation:
     )
 
 
-# Keys that only the full reading handles (errors and the contract's variants); "result"
-# and "error" too, unless null (the documented shape sends both as null while running).
+# Keys that only the full reading handles (errors and the contract's variants); "error"
+# too, unless null (the documented shape sends it as null unless failed), and "result"
+# unless null or an object whose "createdResourceIds", if any, is a list of strings.
 # ``_light`` tests them one by one: four ``in`` tests cost half of ``isdisjoint`` on a
 # keys view, for every status of every poll.
 _SLOW_KEYS = ("errorMessage", "errors", "progress", "percentage")
@@ -191,7 +192,19 @@ class Light:
 
     def model(self) -> AsyncOperation:
         """The operation, as :func:`decode_operations` would read it."""
-        return AsyncOperation(self.id, self.state, self.percent_complete, raw=self.raw)
+        result = self.raw.get("result")
+        if result is None:
+            return AsyncOperation(self.id, self.state, self.percent_complete, raw=self.raw)
+        # _light let through only a result whose createdResourceIds, if any, are strings.
+        created = result.get("createdResourceIds")
+        return AsyncOperation(
+            self.id,
+            self.state,
+            self.percent_complete,
+            result=result,
+            created_resource_ids=tuple(created) if created else (),
+            raw=self.raw,
+        )
 
 
 #: What the Session hands the Poller for one status: a model, or a light record of one.
@@ -217,8 +230,18 @@ def _light(entry: Any) -> Light | None:
         return None
     if "errorMessage" in entry or "errors" in entry or "progress" in entry or "percentage" in entry:
         return None  # one of _SLOW_KEYS
-    if entry.get("result") is not None or entry.get("error") is not None:
+    if entry.get("error") is not None:
         return None
+    result = entry.get("result")
+    if result is not None:
+        # The documented outcome of a success: {"createdResourceIds": [strings]}.
+        if type(result) is not dict:
+            return None
+        created = result.get("createdResourceIds")
+        if created is not None and (
+            type(created) is not list or not all(type(i) is str for i in created)
+        ):
+            return None
     given: Any = entry.get("percentComplete")
     kind = type(given)
     percent: float | None = None

@@ -7,7 +7,7 @@ peak RSS is reset through ``/proc/self/clear_refs``), waits until every operatio
 terminal, and prints one JSON line of figures. Everything measured is this process only:
 the simulator runs in another.
 
-Contenders (each observes every operation's terminal state, on asyncio):
+Contenders (each observes every operation's terminal state, on asyncio but one):
 
 - ``asyncpoll``: ``Poller.wait`` per operation from N tasks of one anyio task group;
 - ``asyncpoll-completed``: one ``Poller.as_completed`` over all N IDs, no task per ID;
@@ -27,6 +27,11 @@ Contenders (each observes every operation's terminal state, on asyncio):
 - ``anchor-bulk``: the same loop without the tasks, recording each operation itself when
   it turns terminal: the bar for ``asyncpoll-completed`` and ``asyncpoll-watch``.
 
+And one on trio: ``asyncpoll-trio``, the ``asyncpoll-completed`` contender run under
+``trio.run`` with the transport the Session picks there (``HttpxTransport``): the trio
+path, measured against the asyncio one (aiohttp) of the same run. The measurement helpers
+(loop-lag ticker, CPU sampler) use anyio, so they run on both.
+
 And one baseline, ``idle-tasks``: N anyio tasks that only wait on one event, to show how
 much of the asyncpoll contender's memory is its callers' own tasks.
 """
@@ -36,6 +41,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import math
@@ -47,6 +53,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import anyio
 import orjson
 
 if TYPE_CHECKING:  # the contenders import their libraries only when chosen
@@ -133,6 +140,12 @@ async def run_asyncpoll_completed(job: Job) -> None:
                     job.see(index_of[operation.id])
             stats = poller.statistics()
     _record_asyncpoll(job, stats)
+
+
+async def run_asyncpoll_trio(job: Job) -> None:
+    """``asyncpoll-completed`` as it is, run under trio (see :data:`ON_TRIO`): the Session
+    picks its default transport there itself (httpx, as aiohttp cannot run on trio)."""
+    await run_asyncpoll_completed(job)
 
 
 async def run_asyncpoll_watch(job: Job) -> None:
@@ -441,6 +454,7 @@ async def run_idle_tasks(job: Job) -> None:
 CONTENDERS: dict[str, Callable[[Job], Awaitable[None]]] = {
     "asyncpoll": run_asyncpoll,
     "asyncpoll-completed": run_asyncpoll_completed,
+    "asyncpoll-trio": run_asyncpoll_trio,
     "asyncpoll-watch": run_asyncpoll_watch,
     "naive": run_naive,
     "aiodataloader": run_aiodataloader,
@@ -453,6 +467,9 @@ CONTENDERS: dict[str, Callable[[Job], Awaitable[None]]] = {
 _IMPORTS = {
     "asyncpoll": ("anyio", "asyncpoll"),
     "asyncpoll-completed": ("anyio", "asyncpoll"),
+    # httpx (and httpcore, h11 under it) as aiohttp for the others: imported before the
+    # baseline, as the asyncpoll import brings aiohttp in for the asyncio contenders.
+    "asyncpoll-trio": ("anyio", "asyncpoll", "trio", "httpx", "httpcore", "h11"),
     "asyncpoll-watch": ("anyio", "asyncpoll"),
     "naive": ("aiohttp",),
     "aiodataloader": ("aiohttp", "aiodataloader"),
@@ -461,6 +478,9 @@ _IMPORTS = {
     "anchor-bulk": ("aiohttp",),
     "idle-tasks": ("anyio",),
 }
+
+#: The contenders run under ``trio.run`` rather than ``asyncio.run``.
+ON_TRIO = frozenset({"asyncpoll-trio"})
 
 
 # -- measurement ------------------------------------------------------------------------
@@ -514,9 +534,10 @@ def _rank(values: list[float], q: float) -> float:
 
 
 async def _ticker(lags: array.array[float]) -> None:
+    # anyio, not asyncio, here and below: the same helpers measure the trio contender.
     while True:
         started = time.monotonic()
-        await asyncio.sleep(TICK)
+        await anyio.sleep(TICK)
         lags.append(time.monotonic() - started - TICK)
 
 
@@ -524,7 +545,7 @@ async def _cpu_sampler(shares: list[float]) -> None:
     """The share of one core this process used, second by second (1.0: saturated)."""
     wall, cpu = time.monotonic(), time.process_time()
     while True:
-        await asyncio.sleep(1.0)
+        await anyio.sleep(1.0)
         now, used = time.monotonic(), time.process_time()
         shares.append(round((used - cpu) / (now - wall), 3))
         wall, cpu = now, used
@@ -534,17 +555,28 @@ async def _measured(
     contender: Callable[[Job], Awaitable[None]], job: Job, *, snapshot: bool = False
 ) -> array.array[float]:
     lags: array.array[float] = array.array("d")
-    ticker = asyncio.create_task(_ticker(lags))
-    sampler = asyncio.create_task(_cpu_sampler(job.cpu_shares))
-    watcher = asyncio.create_task(_peak_snapshot()) if snapshot else None
-    try:
-        await contender(job)
-    finally:
-        ticker.cancel()
-        sampler.cancel()
-        if watcher is not None:
-            watcher.cancel()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_ticker, lags)
+        tg.start_soon(_cpu_sampler, job.cpu_shares)
+        if snapshot:
+            tg.start_soon(_peak_snapshot)
+        try:
+            await contender(job)
+        finally:
+            # The helpers loop forever: they end with the contender, however it ends.
+            tg.cancel_scope.cancel()
     return lags
+
+
+def _run(
+    name: str, contender: Callable[[Job], Awaitable[None]], job: Job, *, snapshot: bool = False
+) -> array.array[float]:
+    """``_measured`` on the contender's event loop: trio for :data:`ON_TRIO`, else asyncio."""
+    if name in ON_TRIO:
+        import trio
+
+        return trio.run(functools.partial(_measured, contender, job, snapshot=snapshot))
+    return asyncio.run(_measured(contender, job, snapshot=snapshot))
 
 
 async def _peak_snapshot() -> None:
@@ -555,7 +587,7 @@ async def _peak_snapshot() -> None:
     top: tracemalloc.Snapshot | None = None
     try:
         while True:
-            await asyncio.sleep(1.0)
+            await anyio.sleep(1.0)
             current = tracemalloc.get_traced_memory()[0]
             if current > best:
                 best, top = current, tracemalloc.take_snapshot()
@@ -600,15 +632,15 @@ def main() -> int:
         import cProfile
 
         profiler = cProfile.Profile()
-        lags = profiler.runcall(asyncio.run, _measured(contender, job))
+        lags = profiler.runcall(_run, name, contender, job)
         profiler.dump_stats(f"{profile}.{name}.prof")
     elif os.environ.get("BENCH_TRACEMALLOC"):
         import tracemalloc
 
         tracemalloc.start(int(os.environ["BENCH_TRACEMALLOC"]))
-        lags = asyncio.run(_measured(contender, job, snapshot=True))
+        lags = _run(name, contender, job, snapshot=True)
     else:
-        lags = asyncio.run(_measured(contender, job))
+        lags = _run(name, contender, job)
     wall = time.monotonic() - wall_before
     cpu = _cpu() - cpu_before
     gc.callbacks.remove(gc_clock)

@@ -16,11 +16,13 @@ issues' targets as PASS/MISS, and writes everything as JSON (``benchmarks/result
 
 Contenders (``contenders.py`` describes each): ``asyncpoll`` (a task per ``wait``),
 ``asyncpoll-completed`` and ``asyncpoll-watch`` (one ``as_completed`` / ``watch`` over all
-IDs), ``naive``, ``aiodataloader``, ``azure``, and the hand-written anchors ``anchor`` (a
-task per operation) and ``anchor-bulk`` (the loop alone); ``idle-tasks`` is a baseline.
+IDs), ``asyncpoll-trio`` (``asyncpoll-completed`` under trio, on httpx), ``naive``,
+``aiodataloader``, ``azure``, and the hand-written anchors ``anchor`` (a task per
+operation) and ``anchor-bulk`` (the loop alone); ``idle-tasks`` is a baseline.
 Issue 5's targets are asyncpoll's; issue 10's compare each asyncpoll contender with its
 anchor (``asyncpoll`` with ``anchor``, the bulk ones with ``anchor-bulk``) and
-aiodataloader, all from the figures of the same run.
+aiodataloader, and the trio path (``asyncpoll-trio``) with the asyncio path
+(``asyncpoll-completed``), all from the figures of the same run.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 ALL = (
     "asyncpoll",
     "asyncpoll-completed",
+    "asyncpoll-trio",
     "asyncpoll-watch",
     "naive",
     "aiodataloader",
@@ -56,8 +59,11 @@ ANCHOR_OF = {
     "asyncpoll-completed": "anchor-bulk",
     "asyncpoll-watch": "anchor-bulk",
 }
+# Issue 10: the trio path and the asyncio path of the same code, the bar being the latter.
+ASYNCIO_PATH_OF = {"asyncpoll-trio": "asyncpoll-completed"}
+TRIO_PATH_LIMIT = 1.5  # trio path CPU per status at most 1.5x the asyncio path's
 # The asyncpoll contenders with one caller for all IDs (no task per operation).
-BULK = frozenset({"asyncpoll-completed", "asyncpoll-watch"})
+BULK = frozenset({"asyncpoll-completed", "asyncpoll-trio", "asyncpoll-watch"})
 # Not a contender: N anyio tasks that only wait, to tell the callers' memory from asyncpoll's.
 BASELINE = "idle-tasks"
 # Above this many operations the one-request-per-operation contenders cannot keep up (at
@@ -346,9 +352,10 @@ def targets(summary: dict[str, Any], interval: float) -> list[dict[str, Any]]:
 
 def issue10_targets(summary: dict[str, Any], interval: float) -> list[dict[str, Any]]:
     """Issue 10's targets for each asyncpoll contender that finished, against the figures
-    of the other contenders in the same run (never fixed figures). The CPU comparisons are
-    made at every N where both contenders finished; the "keeps up" (requests, latency),
-    memory and loop-lag targets are the issue's at 100,000, marked so at other N."""
+    of the other contenders in the same run (never fixed figures): its anchor's, or for
+    the trio path the asyncio path's. The CPU comparisons are made at every N where both
+    contenders finished; the "keeps up" (requests, latency), memory and loop-lag targets
+    are the issue's at 100,000, marked so at other N."""
     runs = summary["contenders"]
     at_scale = "" if summary["n"] >= 100_000 else "target set at 100,000"
     bound = summary["bound"]
@@ -358,7 +365,7 @@ def issue10_targets(summary: dict[str, Any], interval: float) -> list[dict[str, 
         run = runs.get(name)
         return run if run is not None and run.get("finished") else None
 
-    for name, anchor_name in ANCHOR_OF.items():
+    for name in (*ANCHOR_OF, *ASYNCIO_PATH_OF):
         ours = finished(name)
         if ours is None:
             continue
@@ -379,7 +386,8 @@ def issue10_targets(summary: dict[str, Any], interval: float) -> list[dict[str, 
             )
 
         per_status = ours["cpu_per_status_us"]
-        anchor = finished(anchor_name)
+        anchor_name = ANCHOR_OF.get(name)
+        anchor = finished(anchor_name) if anchor_name is not None else None
         if anchor is not None and per_status and anchor["cpu_per_status_us"]:
             times = per_status / anchor["cpu_per_status_us"]
             check(
@@ -387,6 +395,17 @@ def issue10_targets(summary: dict[str, Any], interval: float) -> list[dict[str, 
                 times <= 1.25,
                 f"{times:.2f}x ({per_status:.1f} against {anchor['cpu_per_status_us']:.1f} us)",
                 f"<= 1.25x {anchor_name}",
+            )
+        asyncio_name = ASYNCIO_PATH_OF.get(name)
+        on_asyncio = finished(asyncio_name) if asyncio_name is not None else None
+        if on_asyncio is not None and per_status and on_asyncio["cpu_per_status_us"]:
+            theirs = on_asyncio["cpu_per_status_us"]
+            times = per_status / theirs
+            check(
+                "trio path CPU vs asyncio path",
+                times <= TRIO_PATH_LIMIT,
+                f"{times:.2f}x ({per_status:.1f} against {theirs:.1f} us of {asyncio_name})",
+                f"<= {TRIO_PATH_LIMIT:g}x {asyncio_name}",
             )
         loader = finished("aiodataloader")
         if name == "asyncpoll" and loader is not None and per_status:

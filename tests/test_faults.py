@@ -729,7 +729,9 @@ async def test_finished_operations_are_forgotten_after_the_window_even_when_idle
     server: SimulatedServer,
 ) -> None:
     async with Session(server.url, token=server.token or "", retry=QUICK_RETRY) as session:
-        async with Poller(session, interval=QUICK_POLL, terminal_memory=0.1) as poller:
+        # The window outlasts finishing a wave (200 operations within 50 ms, polled every
+        # few ms, but slower on a loaded machine), so the whole wave is remembered at once.
+        async with Poller(session, interval=QUICK_POLL, terminal_memory=0.5) as poller:
             for _ in range(3):  # waves of work, each forgotten before the next
                 ids = server.add_operations(200, window=0.05)
                 await poller.wait_all(ids, timeout=30)

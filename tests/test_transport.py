@@ -1,14 +1,16 @@
 """Transports against the simulator: results, and the complete mapping of their errors.
 
-HttpxTransport runs on asyncio and trio; AiohttpTransport on asyncio only (aiohttp
-cannot run under trio). Every failure must surface as an asyncpoll ``TransportError``
-subclass, chained (``raise ... from``) to a stand-in for the library's exception, which
-never leaks. Each transport declares its exception map; the tests below check that it
-covers every exception its library exports, with the kind intended for each.
+HttpxTransport (over httpcore, httpx's HTTP layer) runs on asyncio and trio;
+AiohttpTransport on asyncio only (aiohttp cannot run under trio). Every failure must
+surface as an asyncpoll ``TransportError`` subclass, chained (``raise ... from``) to a
+stand-in for the library's exception, which never leaks. Each transport declares its
+exception map; the tests below check that it covers every exception its library (for
+HttpxTransport: httpcore and httpx) exports, with the kind intended for each.
 """
 
 from __future__ import annotations
 
+import functools
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -18,6 +20,7 @@ from typing import Any, cast
 
 import aiohttp
 import anyio
+import httpcore
 import httpx
 import multidict
 import pytest
@@ -39,13 +42,27 @@ from asyncpoll import (
     TransportError,
 )
 from asyncpoll._transport import _aiohttp, _httpx
-from asyncpoll._transport._body import ExceptionMap, LibraryError, caught_by, error_kind
+from asyncpoll._transport._body import (
+    ACCEPT_ENCODING,
+    ExceptionMap,
+    LibraryError,
+    caught_by,
+    error_kind,
+)
 from asyncpoll.testing import ScriptedResponse, SimulatedServer
 
 pytestmark = pytest.mark.anyio
 
 PATH = "/programs/v2/spaces/default/asyncOperations"
-LIBRARY_ERRORS = (aiohttp.ClientError, httpx.HTTPError, httpx.StreamError)
+HTTPCORE_ERRORS = (
+    httpcore.TimeoutException,
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.ProxyError,
+    httpcore.UnsupportedProtocol,
+    httpcore.ConnectionNotAvailable,
+)
+LIBRARY_ERRORS = (aiohttp.ClientError, httpx.HTTPError, httpx.StreamError, *HTTPCORE_ERRORS)
 
 Factory = Callable[[], AsyncTransport]
 
@@ -138,6 +155,140 @@ async def test_connections_are_reused(transport: Factory, server: SimulatedServe
     for _ in range(3):
         assert (await client.handle_request(request_for(server.url, ["a"]))).status == 200
     assert len(server.requests) == 3
+
+
+async def test_a_closed_transport_sends_nothing(
+    transport: Factory, server: SimulatedServer
+) -> None:
+    client = transport()
+    await client.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.handle_request(request_for(server.url, ["a"]))
+    assert server.requests == []
+
+
+# -- HttpxTransport: httpcore's pool, or httpx's transport while it is instrumented ------
+
+# The Session's URLs, and the odd ones a custom endpoint or transport user could pass.
+SPLIT_URLS = [
+    f"http://127.0.0.1:8080{PATH}?asyncOperationIds=a%26b%3Dc&asyncOperationIds=%E2%82%AC",
+    "https://api.example.test/p?q=1",
+    "https://API.Example.test:443/p",  # the default port, a host in capitals
+    "http://[::1]:8080/p?q",  # IPv6
+    "https://b\u00fccher.example/p",  # IDNA
+    "http://h.test",  # no path
+    "http://h.test?q=1",  # a query and no path
+    "http://h.test/p#fragment",  # a fragment is never sent
+    "http://h.test/a b?x=\u00e9",  # not sendable as is: percent-encoded, as httpx does
+]
+
+
+async def test_httpx_transport_never_sends_a_url_that_would_inject_a_header(
+    server: SimulatedServer,
+) -> None:
+    # Refused by httpx.URL, as before issue 10. (aiohttp, for the record, drops the CR
+    # and LF and sends the rest: no header is injected either way.)
+    transport = HttpxTransport()
+    try:
+        with pytest.raises(ConnectError) as info:
+            await transport.handle_request(request_for(server.url, ["a\r\nX-Injected: 1"]))
+    finally:
+        await transport.aclose()
+    assert_translated(info.value)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("url", SPLIT_URLS)
+def test_httpx_transport_sends_where_and_what_httpx_would(url: str) -> None:
+    transport = HttpxTransport()
+    origin, target = transport._split(url)
+    parsed = httpx.URL(url)
+    assert (origin.scheme, origin.host, origin.port) == (
+        parsed.raw_scheme,
+        parsed.raw_host,
+        parsed.port,
+    )
+    assert target == parsed.raw_path
+    [host] = [v for k, v in transport._headers({}, origin) if k.lower() == b"host"]
+    assert host == httpx.Request("GET", parsed).headers["host"].encode()
+
+
+def test_httpx_transport_sends_a_visible_ascii_target_as_given() -> None:
+    # Like aiohttp (yarl's encoded=True), and as Request documents: httpx would
+    # percent-encode the braces and the quote.
+    _, target = HttpxTransport()._split('http://h.test/p?x={a}&y="b"')
+    assert target == b'/p?x={a}&y="b"'
+
+
+def test_httpx_transport_refuses_credentials_in_the_url() -> None:
+    with pytest.raises(ValueError, match="credentials"):
+        HttpxTransport()._split("http://user:secret@h.test/p")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [(b"Content-Type", b"application/json"), (b"Retry-After", b"3")],
+        [(b"Set-Cookie", b"a=1"), (b"set-cookie", b"b=2"), (b"X-One", b"1")],
+        [(b"X-Name", "\u00e9t\u00e9".encode()), (b"X-Other", b"plain")],
+        [(b"X-Name", b"\xe9\xff"), (b"X-Other", "\u00e9".encode())],
+        [],
+    ],
+    ids=["ascii", "repeated", "utf-8", "latin-1", "none"],
+)
+def test_httpx_transport_reads_response_headers_as_httpx_does(
+    raw: list[tuple[bytes, bytes]],
+) -> None:
+    assert _httpx._decoded(raw) == dict(httpx.Headers(raw).items())
+
+
+async def test_httpx_transport_goes_through_httpx_while_it_is_instrumented(
+    server: SimulatedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = httpx.AsyncHTTPTransport.handle_async_request
+    seen: list[httpx.Request] = []
+
+    # What OpenTelemetry's HTTPXClientInstrumentor does, through wrapt: a wrapper that
+    # leaves __wrapped__.
+    @functools.wraps(plain)
+    async def instrumented(self: httpx.AsyncHTTPTransport, request: httpx.Request) -> Any:
+        seen.append(request)
+        return await plain(self, request)
+
+    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", instrumented)
+    op_id = server.add_operation(duration=0.0)
+    transport = HttpxTransport(max_connections=2)
+    try:
+        response = await transport.handle_request(request_for(server.url, [op_id]))
+        with pytest.raises(ConnectError) as info:
+            await transport.handle_request(request_for(f"http://127.0.0.1:{closed_port()}", ["a"]))
+    finally:
+        await transport.aclose()
+    assert response.status == 200
+    assert op_id.encode() in response.body
+    assert all(key == key.lower() for key in response.headers)
+    assert_translated(info.value)
+    assert len(seen) == 2
+    assert seen[0].headers["accept-encoding"] == ACCEPT_ENCODING
+    [logged] = server.requests
+    assert logged.ids == (op_id,)
+
+
+async def test_httpx_transport_bypasses_httpx_otherwise(
+    server: SimulatedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refuse(self: httpx.AsyncHTTPTransport, request: httpx.Request) -> Any:
+        raise AssertionError("sent through httpx's transport")
+
+    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", refuse)
+    op_id = server.add_operation(duration=0.0)
+    transport = HttpxTransport(max_connections=2)
+    try:
+        response = await transport.handle_request(request_for(server.url, [op_id]))
+    finally:
+        await transport.aclose()
+    assert response.status == 200
+    assert op_id.encode() in response.body
 
 
 # -- the error mapping ----------------------------------------------------------------------
@@ -294,10 +445,32 @@ HTTPX_KINDS: dict[type[Exception], type[TransportError]] = {
 }
 # Exported, but only Cookies.get raises it, and asyncpoll never reads a cookie.
 HTTPX_NOT_RAISED: set[type[BaseException]] = {httpx.CookieConflict}
+# What HttpxTransport's pool raises (httpx's transport maps them onto httpx's own).
+HTTPCORE_KINDS: dict[type[Exception], type[TransportError]] = {
+    httpcore.TimeoutException: RequestTimeout,
+    httpcore.ConnectTimeout: RequestTimeout,
+    httpcore.ReadTimeout: RequestTimeout,
+    httpcore.WriteTimeout: RequestTimeout,
+    httpcore.PoolTimeout: RequestTimeout,
+    httpcore.NetworkError: ConnectError,
+    httpcore.ConnectError: ConnectError,
+    httpcore.ReadError: ConnectError,
+    httpcore.WriteError: ConnectError,
+    # A dropped connection as much as malformed HTTP, as for httpx.
+    httpcore.ProtocolError: ConnectError,
+    httpcore.RemoteProtocolError: ConnectError,
+    httpcore.LocalProtocolError: ConnectError,
+    httpcore.ProxyError: ConnectError,
+    httpcore.UnsupportedProtocol: ConnectError,
+    # The pool catches it itself (to try another connection); mapped should one escape.
+    httpcore.ConnectionNotAvailable: ConnectError,
+}
+HTTPCORE_NOT_RAISED: set[type[BaseException]] = set()
 
 LIBRARIES: dict[str, tuple[ModuleType, ExceptionMap, dict[type[Exception], Any], set[Any]]] = {
     "aiohttp": (aiohttp, _aiohttp.EXCEPTION_MAP, AIOHTTP_KINDS, AIOHTTP_NOT_RAISED),
     "httpx": (httpx, _httpx.exception_map(), HTTPX_KINDS, HTTPX_NOT_RAISED),
+    "httpcore": (httpcore, _httpx.exception_map(), HTTPCORE_KINDS, HTTPCORE_NOT_RAISED),
 }
 
 
@@ -345,7 +518,7 @@ def test_exception_map_covers_every_exported_exception(library: str) -> None:
 @pytest.mark.parametrize("library", list(LIBRARIES))
 def test_exactly_the_timeouts_are_request_timeouts(library: str) -> None:
     module, mapping, _, not_raised = LIBRARIES[library]
-    timeouts = (TimeoutError, httpx.TimeoutException)
+    timeouts = (TimeoutError, httpx.TimeoutException, httpcore.TimeoutException)
     for cls in exported_exceptions(module) - not_raised | set(STDLIB_KINDS):
         assert (kind_for(cls, mapping) is RequestTimeout) == issubclass(cls, timeouts), cls
 
@@ -402,6 +575,12 @@ def httpx_error(cls: type[Exception]) -> Exception:
     return cls(f"failed {AUTH}")
 
 
+def httpcore_error(cls: type[Exception]) -> Exception:
+    """A representative of ``cls``: httpcore builds each from a message (or from the
+    exception of h11 or the socket layer it maps), the token in its text."""
+    return cls(f"failed {AUTH}")
+
+
 def stdlib_error(cls: type[Exception]) -> Exception:
     """A representative of a standard exception raised under the HTTP libraries."""
     if issubclass(cls, ConnectionResetError):
@@ -415,6 +594,7 @@ def translation_cases() -> list[Any]:
         for library, kinds, make in (
             ("aiohttp", AIOHTTP_KINDS, aiohttp_error),
             ("httpx", HTTPX_KINDS, httpx_error),
+            ("httpcore", HTTPCORE_KINDS, httpcore_error),
         )
         for cls, kind in kinds.items()
     ]
@@ -448,6 +628,21 @@ class RaisingSession:
         await anyio.lowlevel.checkpoint()
 
 
+class RaisingPool:
+    """In the place of httpcore's ``AsyncConnectionPool``: each request raises ``error``,
+    as httpcore does, or as respx does from the pool it patches (httpx's exceptions)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        await anyio.lowlevel.checkpoint()
+        raise self.error
+
+    async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+
 @asynccontextmanager
 async def raising(library: str, anyio_backend: str, error: BaseException) -> AsyncIterator[Any]:
     """A real transport whose HTTP library raises ``error`` for each request."""
@@ -458,14 +653,9 @@ async def raising(library: str, anyio_backend: str, error: BaseException) -> Asy
         transport = AiohttpTransport()
         transport._session = RaisingSession(error)  # type: ignore[assignment]
     else:
-
-        async def handler(request: httpx.Request) -> httpx.Response:
-            await anyio.lowlevel.checkpoint()
-            raise error
-
         transport = HttpxTransport()
-        await transport._client.aclose()
-        transport._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        await transport._pool.aclose()
+        transport._pool = RaisingPool(error)  # type: ignore[assignment]
     try:
         yield transport
     finally:

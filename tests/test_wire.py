@@ -590,7 +590,14 @@ _PERCENTS = st.one_of(
             optional={
                 "percentComplete": _PERCENTS,
                 "extra": st.integers(),
-                "result": st.none() | st.just({"createdResourceIds": ["r"]}),
+                "result": st.none()
+                | st.just({"createdResourceIds": ["r"]})
+                | st.just({"createdResourceIds": ["r", 7]})
+                | st.just({"createdResourceIds": "r"})
+                | st.just({"createdResourceIds": None, "other": 1})
+                | st.just({"createdResourceIds": []})
+                | st.just({})
+                | st.just(["r"]),
                 "error": st.none() | st.just("") | st.just("boom"),
             },
         ),
@@ -626,7 +633,12 @@ def test_entries_beyond_the_default_shape_are_models() -> None:
         {"id": "c", "status": "Running"},
         {"id": 7, "state": "Running"},
         {"id": "d", "state": "Failed", "error": "boom"},
+        {"id": "e", "state": "Succeeded", "result": {"createdResourceIds": [1]}},
     ]
     statuses = decode_statuses(entries)
-    assert [type(s) for s in statuses] == [Light] + [AsyncOperation] * 4
-    assert [s.id for s in statuses] == ["a", "b", "c", "7", "d"]
+    # The documented success (created IDs as strings) stays light; the rest are models.
+    assert [type(s) for s in statuses] == [Light] * 2 + [AsyncOperation] * 4
+    assert [s.id for s in statuses] == ["a", "b", "c", "7", "d", "e"]
+    succeeded = statuses[1].model() if isinstance(statuses[1], Light) else statuses[1]
+    assert succeeded.created_resource_ids == ("x",)
+    assert succeeded == _structure(entries[1])

@@ -4,6 +4,7 @@ outcomes, and the one place where asyncio and trio differ (the wake-up of a call
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Protocol
 
@@ -51,8 +52,8 @@ class _FutureSignal:
 
     __slots__ = ("_future",)
 
-    def __init__(self) -> None:
-        self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._future: asyncio.Future[None] = loop.create_future()
 
     def set(self) -> None:
         if not self._future.done():
@@ -65,5 +66,6 @@ class _FutureSignal:
 def signal_factory() -> SignalFactory:
     """The cheapest one-shot wake-up of the running backend."""
     if sniffio.current_async_library() == "asyncio":
-        return _FutureSignal
+        # Bound to the running loop once, not looked up for every caller.
+        return functools.partial(_FutureSignal, asyncio.get_running_loop())
     return anyio.Event

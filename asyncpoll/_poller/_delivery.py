@@ -67,8 +67,10 @@ class Waiter:
     async def result(self) -> AsyncOperation:
         """The succeeded operation, or the error :meth:`Poller.wait` documents."""
         if not self.done and self.error is None:
-            await self._signal.wait()
-        await anyio.lowlevel.checkpoint_if_cancelled()
+            await self._signal.wait()  # a checkpoint: raises if cancelled meanwhile
+        else:
+            # Settled before the call (a remembered outcome): still a cancellation point.
+            await anyio.lowlevel.checkpoint_if_cancelled()
         if not self.done:
             assert self.error is not None
             raise self.error
