@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import marshal
 import math
 import reprlib
 from collections.abc import Callable, Iterable, Mapping
@@ -25,10 +26,12 @@ __all__ = [
     "DEFAULT_PATH",
     "Endpoint",
     "Light",
+    "Packed",
     "Status",
     "decode_operations",
     "decode_statuses",
     "parse_body",
+    "unpack",
 ]
 
 logger = logging.getLogger("asyncpoll")
@@ -190,6 +193,17 @@ class Light:
         self.percent_complete = percent
         self.raw = raw
 
+    def pack(self) -> Packed:
+        """This status in a few hundred bytes, for :func:`unpack` to rebuild the same model.
+
+        Its entry alone, marshalled (the rest is read from it again): marshal writes back
+        exactly what JSON parses to (an infinity and an integer beyond 64 bits included,
+        which orjson would write as null or refuse), in about a quarter of the parsed
+        dict's memory. Not ``orjson.dumps``: each of its results holds a 4 KiB buffer,
+        whatever its length.
+        """
+        return marshal.dumps(self.raw)
+
     def model(self) -> AsyncOperation:
         """The operation, as :func:`decode_operations` would read it."""
         result = self.raw.get("result")
@@ -209,6 +223,15 @@ class Light:
 
 #: What the Session hands the Poller for one status: a model, or a light record of one.
 Status = AsyncOperation | Light
+#: A :class:`Light` packed by :meth:`Light.pack`.
+Packed = bytes
+
+
+def unpack(packed: Packed) -> AsyncOperation:
+    """The model of a packed :class:`Light`: equal to the one it would have built."""
+    light = _light(marshal.loads(packed))
+    assert light is not None  # the same entry, read the same way as when it was packed
+    return light.model()
 
 
 def _light(entry: Any) -> Light | None:

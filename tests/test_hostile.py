@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import resource
 import subprocess
 import sys
@@ -515,6 +516,26 @@ async def test_h_a_number_beyond_a_double_reads_as_unknown_progress() -> None:
             async with poller(s) as p:
                 waited = await p.wait("op-2", timeout=5)
                 assert (waited.state, waited.percent_complete) == (OperationState.SUCCEEDED, None)
+
+
+async def test_h_a_late_caller_gets_an_infinity_outside_the_known_fields_back() -> None:
+    # Read by the standard library (orjson refuses 1e400), and remembered packed: it must
+    # come back exactly (orjson, for one, would write the infinity back as null).
+    def huge(request: RawRequest) -> bytes:
+        items = [
+            f'{{"id": "{i}", "state": "Succeeded", "percentComplete": 100, "size": 1e400}}'
+            for i in request.ids
+        ]
+        return ("[" + ", ".join(items) + "]").encode()
+
+    with HostileServer(answer(huge)) as srv:
+        async with session(srv.url, retry=RetryPolicy(attempts=1)) as s, poller(s) as p:
+            first = await p.wait("op-1", timeout=5)
+            sent = len(srv.requests)
+            again = await p.wait("op-1", timeout=5)
+            assert len(srv.requests) == sent  # from the Poller's memory
+    assert first.raw["size"] == again.raw["size"] == math.inf
+    assert again == first
 
 
 async def test_h_a_utf8_bom_is_skipped() -> None:

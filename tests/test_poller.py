@@ -24,6 +24,7 @@ from asyncpoll import (
     RetryPolicy,
     Session,
 )
+from asyncpoll._poller._poller import _SLICE
 from asyncpoll.testing import Faults, SimulatedServer
 
 pytestmark = pytest.mark.anyio
@@ -374,12 +375,71 @@ async def test_requests_stay_full(server: SimulatedServer) -> None:
 async def test_late_wait_is_answered_from_memory(server: SimulatedServer) -> None:
     op_id = server.add_operation(duration=0.02)
     async with open_poller(server) as poller:
-        await poller.wait(op_id)
+        first = await poller.wait(op_id)
         sent = len(server.requests)
         again = await poller.wait(op_id)
         assert again.state is OperationState.SUCCEEDED
         assert len(server.requests) == sent
         assert poller.statistics().remembered == 1
+    # Kept packed, rebuilt whole: the same fields, result and raw entry as first seen.
+    assert again == first
+    assert again.created_resource_ids == first.created_resource_ids != ()
+    assert again.raw == first.raw == server.operation_json(op_id)
+
+
+@pytest.mark.parametrize("how", ["wait", "as_completed"])
+async def test_many_callers_are_joined_a_slice_per_turn(server: SimulatedServer, how: str) -> None:
+    # More IDs than one slice, arriving at once (from as many tasks, or in one call): the
+    # Poller joins them in slices, and other tasks run between two (no stalled loop).
+    total = 2 * _SLICE + 1
+    ids = server.add_operations(total, window=1e6)
+    seen: list[int] = []
+    async with open_poller(server, interval=PollInterval(60, 60)) as poller:
+        entries = poller._schedule.entries
+        joined = anyio.Event()
+
+        async def probe() -> None:
+            while len(entries) < total:
+                seen.append(len(entries))
+                await anyio.lowlevel.checkpoint()
+            joined.set()
+
+        async def completing() -> None:
+            async with poller.as_completed(ids) as done:
+                async for _ in done:
+                    pass
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(probe)
+                if how == "wait":
+                    for op_id in ids:
+                        tg.start_soon(poller.wait, op_id)
+                else:
+                    tg.start_soon(completing)
+                await joined.wait()
+                tg.cancel_scope.cancel()
+        assert_clean(poller)
+        assert not poller._arriving
+    assert any(0 < n < total for n in seen), seen[-3:]
+
+
+async def test_waits_cancelled_before_they_are_joined_leave_nothing(
+    server: SimulatedServer,
+) -> None:
+    ids = server.add_operations(50, window=1e6)
+    async with open_poller(server) as poller:
+        async with anyio.create_task_group() as tg:
+            for op_id in ids:
+                tg.start_soon(poller.wait, op_id)
+            await anyio.lowlevel.checkpoint()  # each has run its first step, or is about to
+            tg.cancel_scope.cancel()
+        await anyio.sleep(0.05)  # turns for the polling loop, which skips them
+        assert_clean(poller)
+        assert not poller._arriving
+        sent = len(server.requests)
+        await anyio.sleep(0.2)  # several intervals: nobody waits, nothing is polled
+        assert len(server.requests) == sent
 
 
 async def test_terminal_memory_expires(server: SimulatedServer) -> None:

@@ -8,7 +8,7 @@ service may have a hundred thousand of them); a :class:`Mailbox` serves ``wait_a
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Generic, NoReturn, TypeVar
@@ -64,13 +64,18 @@ class Waiter:
             self.error = error
             self._signal.set()
 
-    async def result(self) -> AsyncOperation:
-        """The succeeded operation, or the error :meth:`Poller.wait` documents."""
+    def settled(self) -> Awaitable[None]:
+        """What to await until the outcome or the error is in: the signal itself, not a
+        coroutine around it (a frame less per waiting caller). A checkpoint either way:
+        cancelled meanwhile, the caller's await raises."""
         if not self.done and self.error is None:
-            await self._signal.wait()  # a checkpoint: raises if cancelled meanwhile
-        else:
-            # Settled before the call (a remembered outcome): still a cancellation point.
-            await anyio.lowlevel.checkpoint_if_cancelled()
+            return self._signal.wait()
+        # Settled before the call (a remembered outcome): still a cancellation point.
+        return anyio.lowlevel.checkpoint_if_cancelled()
+
+    def result(self) -> AsyncOperation:
+        """Once :meth:`settled`: the succeeded operation, or the error
+        :meth:`Poller.wait` documents."""
         if not self.done:
             assert self.error is not None
             raise self.error

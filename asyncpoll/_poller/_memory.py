@@ -6,33 +6,45 @@ import math
 from collections import deque
 
 from .._models import AsyncOperation
+from .._wire import Light, Packed, Status, unpack
 from ._backend import Key
 
 __all__ = ["Memory"]
 
 
 class Memory:
-    """Terminal operations kept for ``seconds`` after they were seen (0 keeps none)."""
+    """Terminal operations kept for ``seconds`` after they were seen (0 keeps none).
+
+    A status of the documented shape is kept packed (its entry as JSON bytes, see
+    :meth:`~asyncpoll._wire.Light.pack`) and rebuilt for a late caller: at 100,000
+    operations the memory holds tens of thousands, and a parsed entry costs about four
+    times its JSON, and three objects more for the cyclic garbage collector to walk.
+    """
 
     __slots__ = ("_items", "_order", "seconds")
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._items: dict[Key, tuple[AsyncOperation, float]] = {}
+        self._items: dict[Key, tuple[AsyncOperation | Packed, float]] = {}
         self._order: deque[tuple[float, Key]] = deque()
 
     def __len__(self) -> int:
         return len(self._items)
 
     def get(self, key: Key) -> AsyncOperation | None:
-        """The remembered terminal operation of ``key``, if any."""
+        """The remembered terminal operation of ``key``, if any (an equal model, not the
+        same object, for one kept packed)."""
         found = self._items.get(key)
-        return None if found is None else found[0]
+        if found is None:
+            return None
+        kept = found[0]
+        return kept if isinstance(kept, AsyncOperation) else unpack(kept)
 
-    def remember(self, key: Key, operation: AsyncOperation, now: float) -> None:
+    def remember(self, key: Key, status: Status, now: float) -> None:
+        """Keep the terminal ``status`` of ``key`` until ``seconds`` from ``now``."""
         if self.seconds > 0:
             expires = now + self.seconds
-            self._items[key] = (operation, expires)
+            self._items[key] = (status.pack() if isinstance(status, Light) else status, expires)
             self._order.append((expires, key))
 
     def forget_expired(self, now: float) -> None:

@@ -161,6 +161,8 @@ class Poller:
         self._wakeup: anyio.Event | None = None
         self._signal: SignalFactory = anyio.Event
         self._queue: deque[_Batch] = deque()  # batches due, for the workers
+        # Waiters registered by their callers, joined to their entries by the polling loop.
+        self._arriving: deque[Waiter] = deque()
         self._idle_workers: list[anyio.Event] = []
         self._task_group: TaskGroup | None = None
         self._host: int | None = None  # the task that entered the task group
@@ -306,6 +308,7 @@ class Poller:
                 subscription.fail(closed_error())
             self._schedule.clear()
             self._queue.clear()
+            self._arriving.clear()
             self._remotes.clear()
 
     # -- public API ---------------------------------------------------------------------
@@ -347,17 +350,23 @@ class Poller:
         Bad IDs raise :class:`ValueError` at once.
         """
         key = self._key(operation_id, space_id, timeout)
-        if timeout is None:  # the common case: spare the cancel scope
-            return await self._wait_one(key)
-        with anyio.fail_after(timeout):
-            return await self._wait_one(key)
-
-    async def _wait_one(self, key: Key) -> AsyncOperation:
         self._require_open()
+        # In one coroutine (no helper awaited): each waiting caller holds every frame of
+        # its await chain, and 100,000 of them are walked by the garbage collector.
         waiter = Waiter(key, self._signal)
-        self._subscribe(waiter)
+        # Registered here (in the caller's context, for telemetry), joined to its entry
+        # by the polling loop, a slice per turn: 100,000 tasks calling wait at once must
+        # not stall the event loop for the time it takes to join them all.
+        self._register(waiter)
+        self._arriving.append(waiter)
+        self._wake()
         try:
-            return await waiter.result()
+            if timeout is None:  # the common case: spare the cancel scope
+                await waiter.settled()
+            else:
+                with anyio.fail_after(timeout):
+                    await waiter.settled()
+            return waiter.result()
         finally:
             self._unsubscribe(waiter)
 
@@ -476,11 +485,6 @@ class Poller:
         finally:
             self._unsubscribe(mailbox)
 
-    def _subscribe(self, subscriber: Subscriber) -> None:
-        """Register ``subscriber`` for all its keys; the caller must unsubscribe it."""
-        self._register(subscriber)
-        self._join(subscriber, subscriber.keys)
-
     def _register(self, subscriber: Subscriber) -> None:
         self._subscriptions.add(subscriber)
         if self._member is not None:
@@ -533,12 +537,14 @@ class Poller:
         if self._member is not None:
             self._member.forget(entry.space, entry.id)
 
-    def _finish(self, entry: Entry, operation: AsyncOperation | None) -> None:
+    def _finish(self, entry: Entry, status: Status | None) -> None:
         """Deliver the one terminal outcome of ``entry`` and stop polling it."""
         self._drop(entry)
-        key = (entry.space, entry.id)
-        if operation is not None:
-            self._memory.remember(key, operation, self._now())
+        key = entry.key
+        operation: AsyncOperation | None = None
+        if status is not None:
+            operation = _model(status)
+            self._memory.remember(key, status, self._now())
         for subscriber in list(entry.subscribers):
             subscriber.deliver(key, operation, True)
 
@@ -556,6 +562,8 @@ class Poller:
     async def _run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
+            if self._arriving:
+                await self._join_arrivals()
             if self._fresh:
                 await self._coalesce()
             now = self._now()
@@ -566,13 +574,25 @@ class Poller:
             if self._outages:
                 wake = min(wake, self._end_outages(now))
             delay = wake - self._now()
-            if delay > 0 and not self._fresh:
+            if delay > 0 and not self._fresh and not self._arriving:
                 self._wakeup = anyio.Event()
                 self._sleeping_until = wake
                 with anyio.move_on_after(delay):
                     await self._wakeup.wait()
                 self._sleeping_until = math.inf
             else:
+                await anyio.lowlevel.checkpoint()
+
+    async def _join_arrivals(self) -> None:
+        """Join the waiters that arrived to their entries, :data:`_SLICE` per turn; one
+        that left meanwhile (cancelled, timed out) is skipped."""
+        arriving, subscriptions = self._arriving, self._subscriptions
+        while arriving:
+            for _ in range(min(len(arriving), _SLICE)):
+                waiter = arriving.popleft()
+                if waiter in subscriptions:
+                    self._join(waiter, waiter.keys)
+            if arriving:
                 await anyio.lowlevel.checkpoint()
 
     def _send_due(self, now: float) -> None:
@@ -635,6 +655,8 @@ class Poller:
         while True:
             seen = self._fresh
             await anyio.sleep(self.coalesce_window)
+            if self._arriving:  # waiters that came meanwhile count as fresh callers
+                await self._join_arrivals()
             if self._fresh == seen or self._now() >= deadline:
                 break
         self._fresh = 0
@@ -778,14 +800,14 @@ class Poller:
         if state.is_terminal:
             if before is not None and self._session._telemetry.metering:
                 self._session._telemetry.observed(status.raw)  # seen running, now done
-            self._finish(entry, _model(status))
+            self._finish(entry, status)
             return None
         if not entry.watchers:
             # A waiting caller sees nothing but the outcome: no model.
             entry.operation = None
             return changed
         operation = entry.operation = _model(status)
-        key = (entry.space, entry.id)
+        key = entry.key
         for subscriber in entry.subscribers:
             subscriber.deliver(key, operation, False)
         return changed

@@ -35,29 +35,32 @@ class Entry:
     """One operation ID being polled on behalf of one or more subscribers."""
 
     __slots__ = (
+        "_callers",
         "absent_since",
         "alive",
         "due",
         "flight",
         "id",
         "interval",
+        "key",
         "operation",
         "part",
         "percent",
         "seq",
         "space",
         "state",
-        "subscribers",
         "watchers",
     )
 
-    def __init__(self, space: str, operation_id: str, part: str, interval: float) -> None:
-        self.space = space
-        self.id = operation_id
+    def __init__(self, key: Key, part: str, interval: float) -> None:
+        # The key is kept, not made again: the memory and every delivery use this tuple.
+        self.key = key
+        self.space, self.id = key
         # The encoded query part, kept while the ID is polled (no cache to bound).
         self.part = part
-        # A list: most IDs have one caller, and a one-item set costs three times the memory.
-        self.subscribers: list[Subscriber] = []
+        # The one caller most IDs have, or a list of several: no container for one, which
+        # at 100,000 IDs halves the objects the cyclic garbage collector walks.
+        self._callers: Subscriber | list[Subscriber] | None = None
         # How many of them want every change (a ``watch``), not only the end: counted
         # as they come and go, since every answer asks.
         self.watchers = 0
@@ -73,20 +76,42 @@ class Entry:
         self.absent_since: float | None = None
         self.flight: Flight | None = None
 
+    @property
+    def subscribers(self) -> Sequence[Subscriber]:
+        """The callers of this entry, in the order they joined (a copy for one caller)."""
+        callers = self._callers
+        if isinstance(callers, list):
+            return callers
+        return () if callers is None else (callers,)
+
     def join(self, subscriber: Subscriber) -> None:
         """Add ``subscriber`` to the callers of this entry."""
-        self.subscribers.append(subscriber)
+        callers = self._callers
+        if callers is None:
+            self._callers = subscriber
+        elif isinstance(callers, list):
+            callers.append(subscriber)
+        else:
+            self._callers = [callers, subscriber]
         if subscriber.events:
             self.watchers += 1
 
     def leave(self, subscriber: Subscriber) -> bool:
         """Remove ``subscriber`` if it is one of the callers; True when none is left."""
-        if subscriber not in self.subscribers:
+        callers = self._callers
+        if isinstance(callers, list):
+            if subscriber not in callers:
+                return False
+            callers.remove(subscriber)
+            left = bool(callers)
+        elif callers is subscriber:
+            self._callers = None
+            left = False
+        else:
             return False
-        self.subscribers.remove(subscriber)
         if subscriber.events:
             self.watchers -= 1
-        return not self.subscribers
+        return not left
 
     def leave_flight(self) -> None:
         """Stop waiting for this entry's request; cancel it if nobody else waits."""
@@ -129,7 +154,7 @@ class Schedule:
 
     def add(self, key: Key, part: str) -> Entry:
         """A new entry for ``key``, due at once."""
-        entry = Entry(key[0], key[1], part, self.interval.initial)
+        entry = Entry(key, part, self.interval.initial)
         self.entries[key] = entry
         self.space_sizes[key[0]] = self.space_sizes.get(key[0], 0) + 1
         self._new.setdefault(key[0], []).append(entry)
@@ -139,7 +164,7 @@ class Schedule:
         """Stop polling ``entry``; True when its space has no entry left."""
         entry.alive = False
         entry.leave_flight()
-        key = (entry.space, entry.id)
+        key = entry.key
         if self.entries.get(key) is not entry:
             return False
         del self.entries[key]
