@@ -42,12 +42,18 @@ class OperationState(enum.Enum):
     @property
     def is_terminal(self) -> bool:
         """True for ``SUCCEEDED``, ``FAILED`` and ``CANCELED``."""
-        return self in _TERMINAL
+        # Identity tests: hashing an Enum member runs Python code (Enum.__hash__), and
+        # this is read for every status the Poller takes.
+        return self is _SUCCEEDED or self is _FAILED or self is _CANCELED
 
 
 _FOLDED: dict[str, OperationState] = {_fold(s.value): s for s in OperationState}
 _FOLDED["cancelled"] = OperationState.CANCELED
-_TERMINAL = frozenset({OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELED})
+_SUCCEEDED, _FAILED, _CANCELED = (
+    OperationState.SUCCEEDED,
+    OperationState.FAILED,
+    OperationState.CANCELED,
+)
 
 
 @attrs.frozen

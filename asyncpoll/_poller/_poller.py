@@ -72,11 +72,13 @@ def _rank(state: OperationState) -> int:
 
 def _regressed(entry: Entry, state: OperationState, percent: float | None) -> bool:
     """True for an answer older than the one ``entry`` last saw (a lagging replica)."""
-    assert entry.state is not None
-    rank_before = _rank(entry.state)
-    rank_after = _rank(state)
-    if rank_after != rank_before:
-        return rank_after < rank_before
+    before = entry.state
+    assert before is not None
+    if state is not before:  # the usual change is progress within one state
+        rank_before = _rank(before)
+        rank_after = _rank(state)
+        if rank_after != rank_before:
+            return rank_after < rank_before
     return entry.percent is not None and percent is not None and percent < entry.percent
 
 
@@ -358,8 +360,10 @@ class Poller:
         # by the polling loop, a slice per turn: 100,000 tasks calling wait at once must
         # not stall the event loop for the time it takes to join them all.
         self._register(waiter)
-        self._arriving.append(waiter)
-        self._wake()
+        arriving = self._arriving
+        if not arriving:
+            self._wake()  # the first to arrive wakes the loop, which joins all that came
+        arriving.append(waiter)
         try:
             if timeout is None:  # the common case: spare the cancel scope
                 await waiter.settled()
