@@ -29,7 +29,7 @@ COLUMNS: list[tuple[str, Figure, str]] = [
     ("RSS B/op", lambda c, s: c.get("rss_growth_per_op_bytes"), "{:.0f}"),
 ]
 
-# Issue 10's ratios: (name, asyncpoll contender, anchor contender)
+# Issue 10's ratios: (name, asyncpoll contender, the contender it is measured against)
 RATIOS = [
     ("wait CPU vs anchor (target <= 1.25 at 10,000)", "asyncpoll", "anchor"),
     (
@@ -39,6 +39,11 @@ RATIOS = [
     ),
     ("watch CPU vs anchor-bulk (target <= 1.25 at 100,000)", "asyncpoll-watch", "anchor-bulk"),
     ("wait CPU vs aiodataloader (target < 1)", "asyncpoll", "aiodataloader"),
+    (
+        "trio path (httpx) CPU vs asyncio path, as_completed (target <= 1.5)",
+        "asyncpoll-trio",
+        "asyncpoll-completed",
+    ),
 ]
 
 

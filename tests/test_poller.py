@@ -24,6 +24,7 @@ from asyncpoll import (
     RetryPolicy,
     Session,
 )
+from asyncpoll._poller._delivery import Mailbox
 from asyncpoll._poller._poller import _SLICE
 from asyncpoll.testing import Faults, SimulatedServer
 
@@ -440,6 +441,21 @@ async def test_waits_cancelled_before_they_are_joined_leave_nothing(
         sent = len(server.requests)
         await anyio.sleep(0.2)  # several intervals: nobody waits, nothing is polled
         assert len(server.requests) == sent
+
+
+async def test_a_watcher_lets_go_of_each_operation_at_its_terminal_event(
+    server: SimulatedServer,
+) -> None:
+    ids = server.add_operations(20, window=0.1, progress_step=10)
+    async with open_poller(server) as poller, poller.watch(ids) as events:
+        [mailbox] = poller._subscriptions
+        assert isinstance(mailbox, Mailbox)
+        seen: list[ProgressEvent] = []
+        async for event in events:
+            seen.append(event)
+        check_event_stream(seen, ids)
+        # Every ID has ended: the last operation shown for each is no longer held.
+        assert mailbox.last == {}
 
 
 async def test_terminal_memory_expires(server: SimulatedServer) -> None:

@@ -133,8 +133,11 @@ class Mailbox:
             return key, operation, None, terminal
         if self.last is None:
             self.last = {}
-        previous = self.last.get(key)
-        self.last[key] = operation
+        if terminal:  # nothing comes after it: the last operation shown is let go
+            previous = self.last.pop(key, None)
+        else:
+            previous = self.last.get(key)
+            self.last[key] = operation
         return key, operation, previous, terminal
 
     @property
