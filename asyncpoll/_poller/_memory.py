@@ -15,10 +15,10 @@ __all__ = ["Memory"]
 class Memory:
     """Terminal operations kept for ``seconds`` after they were seen (0 keeps none).
 
-    A status of the documented shape is kept packed (its entry as JSON bytes, see
+    A status of the documented shape is kept packed (its entry marshalled, see
     :meth:`~asyncpoll._wire.Light.pack`) and rebuilt for a late caller: at 100,000
     operations the memory holds tens of thousands, and a parsed entry costs about four
-    times its JSON, and three objects more for the cyclic garbage collector to walk.
+    times its packed bytes, and three objects more for the cyclic garbage collector.
     """
 
     __slots__ = ("_items", "_order", "seconds")

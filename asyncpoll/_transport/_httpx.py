@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["HttpxTransport", "exception_map"]
 
 _KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is kept: httpx's default
-_ACCEPT_ENCODING = ACCEPT_ENCODING.encode("ascii")
+# httpcore's timeouts: for a pool slot, the connect, each write and each read.
+_PHASES = ("connect", "read", "write", "pool")
 # Where the authority of an absolute URL ends: the path, the query or the fragment.
 _AUTHORITY_END = re.compile(r"[/?#]")
 
@@ -161,7 +162,6 @@ class HttpxTransport:
         )
         self._instrumented: Any = None  # the httpx.AsyncHTTPTransport, made when needed
         self._origin: _Origin | None = None  # a Session sends to one origin: one kept
-        self._timeouts: tuple[float, dict[str, float]] = (-1.0, {})
 
     async def handle_request(self, request: Request) -> Response:
         """Send ``request`` and read the whole body (up to ``request.max_response_size``)."""
@@ -182,8 +182,7 @@ class HttpxTransport:
             raise RuntimeError("the transport is closed")
         origin, target = self._split(request.url)
         headers = self._headers(request.headers, origin)
-        # The timeouts of each phase, for a pool slot, connect, each write and read.
-        extensions = {"timeout": self._timeouts_of(request.timeout)}
+        extensions = {"timeout": dict.fromkeys(_PHASES, request.timeout)}
         chunks: AsyncIterator[bytes]
         close: Callable[[], Awaitable[None]]
         if hasattr(self._httpx.AsyncHTTPTransport.handle_async_request, "__wrapped__"):
@@ -264,14 +263,6 @@ class HttpxTransport:
         if not any(k.lower() == b"host" for k, _ in encoded):
             encoded.insert(0, (b"Host", origin.host_header))
         return encoded
-
-    def _timeouts_of(self, total: float) -> dict[str, float]:
-        """httpcore's timeouts of ``total`` seconds each, kept while every request asks
-        for the same (a Session sends all its requests with one timeout); never mutated."""
-        if self._timeouts[0] != total:
-            phases = ("connect", "read", "write", "pool")
-            self._timeouts = (total, dict.fromkeys(phases, total))
-        return self._timeouts[1]
 
     def _httpx_transport(self) -> Any:
         if self._instrumented is None:
