@@ -625,6 +625,7 @@ def main() -> int:
     peak_reset = _reset_peak()
     rss_before = _status_kib()["VmRSS"]
     cpu_before = _cpu()
+    system_before = resource.getrusage(resource.RUSAGE_SELF).ru_stime
     wall_before = time.monotonic()
     profile = os.environ.get("BENCH_PROFILE")
     if profile:
@@ -643,6 +644,7 @@ def main() -> int:
         lags = _run(name, contender, job)
     wall = time.monotonic() - wall_before
     cpu = _cpu() - cpu_before
+    system = resource.getrusage(resource.RUSAGE_SELF).ru_stime - system_before
     gc.callbacks.remove(gc_clock)
     status = _status_kib()
     peak = status["VmHWM"] if peak_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -670,6 +672,7 @@ def main() -> int:
         "observed": len(latencies),
         "wall_seconds": wall,
         "cpu_seconds": cpu,
+        "cpu_system_seconds": system,  # of cpu_seconds, in the kernel (sockets, mostly)
         "rss_before_kib": rss_before,
         "rss_peak_kib": peak,
         "rss_growth_kib": max(0, peak - rss_before),

@@ -153,6 +153,10 @@ class Poller:
         self._now: Callable[[], float] = time.monotonic
         self._binding: LoopBinding | None = None
         self._schedule = Schedule(self.interval)
+        # How late a poll may be sent so that polls due close together go out together:
+        # half the jitter of the initial interval (50 ms by default), within the spread
+        # the jitter makes anyway.
+        self._slack = self.interval.initial * self.interval.jitter / 2
         self._memory = Memory(self.terminal_memory)
         self._outages = Outages(self.outage_timeout)
         self._subscriptions: set[Subscriber] = set()
@@ -574,7 +578,9 @@ class Poller:
             self._memory.forget_expired(now)
             self._send_due(now)
             # Forget finished operations on time, even while nothing else happens.
-            wake = min(self._schedule.next_due(), self._memory.next_expiry)
+            # Polls due within the slack of the soonest share its wake-up (and a burst of
+            # requests): one wake per poll costs more than the poll itself.
+            wake = min(self._schedule.next_due() + self._slack, self._memory.next_expiry)
             if self._outages:
                 wake = min(wake, self._end_outages(now))
             delay = wake - self._now()
