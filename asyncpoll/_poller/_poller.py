@@ -154,9 +154,10 @@ class Poller:
         self._binding: LoopBinding | None = None
         self._schedule = Schedule(self.interval)
         # How late a poll may be sent so that polls due close together go out together:
-        # half the jitter of the initial interval (50 ms by default), within the spread
-        # the jitter makes anyway.
-        self._slack = self.interval.initial * self.interval.jitter / 2
+        # a quarter of the initial interval's jitter (25 ms by default), well within the
+        # spread the jitter makes anyway. Half of it saved no more CPU and doubled the
+        # loop lag that the bursts cause (benchmarks/README.md, issue 10, part 4).
+        self._slack = self.interval.initial * self.interval.jitter / 4
         self._memory = Memory(self.terminal_memory)
         self._outages = Outages(self.outage_timeout)
         self._subscriptions: set[Subscriber] = set()

@@ -20,10 +20,10 @@ class PollInterval:
     back to ``initial``. Each interval is spread by up to ``jitter`` (a fraction) either
     way. A ``Retry-After`` on a 200 is a floor for the next poll of those IDs.
 
-    A poll may be sent up to half the jitter of ``initial`` late (``initial * jitter /
-    2``: 50 ms by default, none with ``jitter=0``): the polls due within that slack of the
-    soonest share its wake-up and go out together, which costs the client and the server
-    much less than one wake-up per poll.
+    A poll may be sent up to a quarter of the jitter of ``initial`` late (``initial *
+    jitter / 4``: 25 ms by default, none with ``jitter=0``): the polls due within that
+    slack of the soonest share its wake-up and go out together, which costs the client
+    and the server less than one wake-up per poll.
     """
 
     initial: float = attrs.field(default=1.0, validator=[finite_seconds, attrs.validators.gt(0)])
