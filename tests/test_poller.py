@@ -529,6 +529,31 @@ async def test_polls_due_close_together_share_one_wake(server: SimulatedServer) 
     assert poller.statistics().watched == 0
 
 
+async def test_slack_never_delays_a_first_poll(server: SimulatedServer) -> None:
+    """The slack (here 10 * 0.9 / 4 = 2.25 s) delays only polls that were due anyway:
+    a new ID, and a watcher joining a known one, are polled at once."""
+    done = server.add_operation(duration=0.0)
+    running = server.add_operation(duration=math.inf)
+    wide = PollInterval(initial=10.0, maximum=10.0, multiplier=1.0, jitter=0.9)
+    async with open_poller(server, interval=wide) as poller:
+        with anyio.fail_after(1.0):
+            operation = await poller.wait(done)
+        assert operation.state is OperationState.SUCCEEDED
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poller.wait_all, [running])  # seen once, then due in 1-19 s
+            for _ in range(100):  # its first poll, within a second
+                if any(running in r.ids for r in server.requests):
+                    break
+                await anyio.sleep(0.01)
+            assert any(running in r.ids for r in server.requests)
+            with anyio.fail_after(1.0):
+                async with poller.watch([running]) as events:
+                    async for event in events:  # shown at once: no model kept before
+                        assert event.operation is not None
+                        break
+            tg.cancel_scope.cancel()
+
+
 async def test_max_concurrent_requests_is_respected(server: SimulatedServer) -> None:
     ids = [server.add_operation(duration=0.05) for _ in range(40)]
     server.faults = Faults(latency=(0.02, 0.04))

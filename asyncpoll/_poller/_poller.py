@@ -580,7 +580,8 @@ class Poller:
             self._send_due(now)
             # Forget finished operations on time, even while nothing else happens.
             # Polls due within the slack of the soonest share its wake-up (and a burst of
-            # requests): one wake per poll costs more than the poll itself.
+            # requests): one wake-up per poll costs more CPU. New IDs (due at -inf) and
+            # hurried ones (due now, taken above) are not delayed.
             wake = min(self._schedule.next_due() + self._slack, self._memory.next_expiry)
             if self._outages:
                 wake = min(wake, self._end_outages(now))
