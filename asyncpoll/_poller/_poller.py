@@ -153,11 +153,6 @@ class Poller:
         self._now: Callable[[], float] = time.monotonic
         self._binding: LoopBinding | None = None
         self._schedule = Schedule(self.interval)
-        # How late a poll may be sent so that polls due close together go out together:
-        # a quarter of the initial interval's jitter (25 ms by default), well within the
-        # spread the jitter makes anyway. Half of it saved no more CPU and doubled the
-        # loop lag that the bursts cause (benchmarks/README.md, issue 10, part 4).
-        self._slack = self.interval.initial * self.interval.jitter / 4
         self._memory = Memory(self.terminal_memory)
         self._outages = Outages(self.outage_timeout)
         self._subscriptions: set[Subscriber] = set()
@@ -579,10 +574,7 @@ class Poller:
             self._memory.forget_expired(now)
             self._send_due(now)
             # Forget finished operations on time, even while nothing else happens.
-            # Polls due within the slack of the soonest share its wake-up (and a burst of
-            # requests): one wake-up per poll costs more CPU. New IDs (due at -inf) and
-            # hurried ones (due now, taken above) are not delayed.
-            wake = min(self._schedule.next_due() + self._slack, self._memory.next_expiry)
+            wake = min(self._schedule.next_due(), self._memory.next_expiry)
             if self._outages:
                 wake = min(wake, self._end_outages(now))
             delay = wake - self._now()

@@ -138,7 +138,17 @@ def _members(item: _Item) -> list[Entry]:
 class Schedule:
     """The entries of every space, one heap of due groups per space."""
 
-    __slots__ = ("_heaps", "_new", "_rng", "_seq", "_size", "entries", "interval", "space_sizes")
+    __slots__ = (
+        "_heaps",
+        "_new",
+        "_rng",
+        "_seq",
+        "_size",
+        "_slack",
+        "entries",
+        "interval",
+        "space_sizes",
+    )
 
     def __init__(self, interval: PollInterval) -> None:
         self.interval = interval
@@ -151,6 +161,12 @@ class Schedule:
         self._seq = itertools.count()
         self._rng = random.Random()
         self._size = 0  # heap items of every space
+        # How late a poll may be sent so that polls due close together go out together
+        # (one wake-up per poll costs more CPU than a burst): a quarter of the initial
+        # interval's jitter (25 ms by default), well within the spread the jitter makes
+        # anyway. Half of it saved no more CPU and doubled the loop lag that the bursts
+        # cause (benchmarks/README.md, issue 10, part 4).
+        self._slack = interval.initial * interval.jitter / 4
 
     def add(self, key: Key, part: str) -> Entry:
         """A new entry for ``key``, due at once."""
@@ -264,8 +280,9 @@ class Schedule:
             self._push(space, members, now + delay)
 
     def next_due(self) -> float:
-        """When the soonest entry of any space is due (``-inf`` for new ones, ``inf``
-        when none is)."""
+        """When the polling loop next takes batches: when the soonest entry of any space
+        is due, plus the slack, so that the entries due within it go out with it
+        (``-inf`` for new ones, never delayed; ``inf`` when none is due)."""
         if self._new:
             return -math.inf
         soonest = math.inf
@@ -275,7 +292,7 @@ class Schedule:
                 self._size -= 1
             if heap and heap[0][0] < soonest:
                 soonest = heap[0][0]
-        return soonest
+        return soonest + self._slack
 
     def take_batches(self, space: str, now: float, size: int, plan: Planner) -> list[list[Entry]]:
         """Pop the due entries of ``space`` and fill their batches with entries due soon."""
